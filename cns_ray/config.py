@@ -1,0 +1,125 @@
+"""Typed configs, validated at construction and passed whole. Entrypoints parse; library code takes these."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from cns_ray.errors import ConfigError
+
+DEFAULT_STORE_URI = "./cns-store"
+DEFAULT_BASE_MODEL = "tiny"
+
+
+def _check(problems: list[str], cond: bool, msg: str) -> None:
+    if not cond:
+        problems.append(msg)
+
+
+def _raise(name: str, problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(f"invalid {name}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How concept neurons are selected (DESIGN.md, The method)."""
+
+    select_ratio: float = 0.1
+    """Fraction of each output row's input weights kept per caption/prompt (top by |W| * ||c||)."""
+    budget: float | None = None
+    """Optional cap on concept neurons as a fraction of all target weights (kept by score); None = no cap."""
+    prompt_chunk: int = 8
+    """Prompts scored together per batch; bounds memory at [chunk, out, in] per layer."""
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _check(p, 0.0 < self.select_ratio <= 1.0, f"select_ratio={self.select_ratio} must be in (0, 1], e.g. 0.1")
+        _check(
+            p,
+            self.budget is None or 0.0 < self.budget <= 1.0,
+            f"budget={self.budget} must be None or in (0, 1], e.g. 0.01 for 1% of the target weights",
+        )
+        _check(p, self.prompt_chunk >= 1, f"prompt_chunk={self.prompt_chunk} must be >= 1")
+        _raise("SelectionConfig", p)
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """One CNS learning run (DESIGN.md, learning one concept)."""
+
+    steps: int = 500
+    """Optimisation steps."""
+    token_lr: float = 5e-4
+    """Adam learning rate of the new token embedding."""
+    weight_lr: float = 3e-5
+    """Adam learning rate of the selected concept-neuron weights."""
+    reg_lambda: float = 1.0
+    """Weight of L_reg (pull towards the previous concept's values on overlap, towards the base elsewhere)."""
+    batch_size: int = 4
+    """Images per step (sampled with replacement from the concept images)."""
+    resolution: int | None = None
+    """Training image size in pixels; None = the base model's native size."""
+    augment: bool = True
+    """Random horizontal flip and small random crop."""
+    seed: int = 0
+    """Seed for sampling, noise and augmentation."""
+    checkpoint_every: int = 50
+    """Steps between Ray Train checkpoints (0 = only at the end)."""
+    num_workers: int = 1
+    """Ray Train workers (data parallel); 1 by default."""
+    use_gpu: bool = False
+    """Ask Ray Train for one GPU per worker."""
+    cpus_per_worker: float = 1.0
+    """CPUs per Ray Train worker (fractional on small machines)."""
+    max_failures: int = 2
+    """Worker failures tolerated; a failed worker resumes from the last checkpoint."""
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _check(p, self.steps >= 1, f"steps={self.steps} must be >= 1")
+        _check(p, self.token_lr >= 0, f"token_lr={self.token_lr} must be >= 0")
+        _check(p, self.weight_lr >= 0, f"weight_lr={self.weight_lr} must be >= 0")
+        _check(p, self.reg_lambda >= 0, f"reg_lambda={self.reg_lambda} must be >= 0 (0 turns L_reg off)")
+        _check(p, self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
+        _check(
+            p,
+            self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
+            f"resolution={self.resolution} must be None or a multiple of 8, >= 8",
+        )
+        _check(p, self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0")
+        _check(p, self.num_workers >= 1, f"num_workers={self.num_workers} must be >= 1")
+        _check(p, self.cpus_per_worker > 0, f"cpus_per_worker={self.cpus_per_worker} must be > 0")
+        _check(p, self.max_failures >= 0, f"max_failures={self.max_failures} must be >= 0")
+        _raise("LearnerConfig", p)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LearnerConfig":
+        d = dict(d)
+        sel = d.pop("selection", None)
+        return cls(**d, selection=SelectionConfig(**sel) if isinstance(sel, dict) else (sel or SelectionConfig()))
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the concept store lives and how values are stored."""
+
+    uri: str = DEFAULT_STORE_URI
+    """Local folder or ``s3://bucket/prefix``. S3 endpoint/credentials come from the usual AWS environment
+    (``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` for a custom endpoint)."""
+    value_dtype: Literal["float16", "float32"] = "float16"
+    """dtype of stored delta values: float16 (~3 B/entry) or float32 (exact)."""
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _check(p, bool(self.uri), "uri must not be empty: give a folder or s3://bucket/prefix")
+        _check(
+            p,
+            self.value_dtype in ("float16", "float32"),
+            f"value_dtype={self.value_dtype!r} must be 'float16' or 'float32'",
+        )
+        _raise("StoreConfig", p)

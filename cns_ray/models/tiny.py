@@ -1,0 +1,121 @@
+"""The embedded default base model ``tiny``: Stable Diffusion architecture, built offline from configs.
+
+Same seed -> same weights -> same base_id. Nothing is downloaded. Its tokenizer is a small byte-level BPE trained
+on a fixed built-in corpus (deterministic), wrapped as a transformers fast tokenizer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TINY_SEED = 0
+TINY_RESOLUTION = 64
+
+_CORPUS_WORDS = (
+    "a an the of on in at with and photo painting drawing picture image illustration portrait close up style "
+    "dog cat bird car house tree flower mountain lake city street beach forest robot man woman child person toy "
+    "red green blue yellow black white grey orange purple pink brown small large big tiny round square striped "
+    "sitting running standing playing sleeping night day sunrise snow rain sky ocean river table window sofa "
+    "kitchen fruit pasta castle boat train station village desert cactus moon astronaut plant room park hill "
+    "shape triangle circle star heart top bottom left right center background foreground texture wooden metal "
+    "mug teddy bear vase backpack sneaker clock lamp sculpture statue"
+)
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=[bos, eos],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    words = _CORPUS_WORDS.split()
+    corpus = [" ".join(words[i : i + 8]) for i in range(len(words))] * 4
+    from cns_ray.data import data_path
+
+    corpus += data_path("calibration_prompts.txt").read_text().splitlines() * 4
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, unk_token=eos, model_max_length=77
+    )
+
+
+def build_tiny_pipeline(seed: int = TINY_SEED):
+    """A deterministic tiny ``StableDiffusionPipeline`` (random weights from ``seed``), fp32 on CPU."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _tokenizer()
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=TINY_RESOLUTION // 2,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=TINY_RESOLUTION,
+        )
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    finally:
+        torch.random.set_rng_state(gen_state)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
