@@ -46,7 +46,7 @@ def row_topk_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """Top ``ratio`` of each row (last dim). scores [..., out, in] -> bool [..., out, in]."""
     k = row_k(scores.shape[-1], ratio)
     idx = scores.topk(k, dim=-1, sorted=False).indices  # [..., out, k]
-    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     return mask.scatter_(-1, idx, True)
 
 
@@ -56,7 +56,8 @@ def and_select(weight: torch.Tensor, norms: torch.Tensor, ratio: float, chunk: i
         raise ValueError(
             f"norms {tuple(norms.shape)} must be [P, {weight.shape[1]}] to score a weight of shape {tuple(weight.shape)}"
         )
-    acc = torch.ones(weight.shape, dtype=torch.bool)  # [out, in]
+    norms = norms.to(weight.device)
+    acc = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)  # [out, in]
     for start in range(0, norms.shape[0], chunk):
         m = row_topk_mask(neuron_scores(weight, norms[start : start + chunk]), ratio)  # [c, out, in]
         acc &= m.all(dim=0)
@@ -140,7 +141,7 @@ def indices_to_mask(indices: torch.Tensor, shape: tuple[int, int]) -> torch.Tens
 
 def pack_mask(mask: torch.Tensor) -> np.ndarray:
     """bool [out, in] -> uint8 bit-packed [ceil(out*in/8)]."""
-    return np.packbits(mask.flatten().numpy().astype(np.uint8))
+    return np.packbits(mask.detach().flatten().cpu().numpy().astype(np.uint8))
 
 
 def unpack_mask(packed: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cns_ray.errors import ModelLoadError
+
 TARGET_SUFFIXES: tuple[str, ...] = ("attn2.to_k", "attn2.to_v")
 
 
@@ -44,7 +46,7 @@ def find_target_modules(unet: nn.Module) -> dict[str, nn.Linear]:
     if bad:
         raise TypeError(f"CNS targets must be nn.Linear, got {[type(found[n]).__name__ for n in bad]} at {bad}")
     if not found:
-        raise ValueError(
+        raise ModelLoadError(
             f"no cross-attention K/V ({', '.join(TARGET_SUFFIXES)}) in {type(unet).__name__}: "
             "CNS needs a UNet with cross-attention (a UNet2DConditionModel)"
         )

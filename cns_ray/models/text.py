@@ -52,7 +52,7 @@ def add_placeholder_token(tokenizer, text_encoder, token: str, init_word: str | 
             raise InputError(f"class word {init_word!r} tokenizes to nothing: give a real word, e.g. 'dog'")
     tokenizer.add_tokens([token], special_tokens=True)
     new_id = tokenizer.convert_tokens_to_ids(token)
-    text_encoder.resize_token_embeddings(len(tokenizer))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the new row is set below
     emb = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         if init_ids:

@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:  `make demo`  and  `make test`.
+# torch is installed first, alone, as the CPU build 2.13.0 (anything else may pull a multi-GB CUDA build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_AUTH_MODE := disabled
+
+.PHONY: setup demo test test-unit bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/cns demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+bench: setup
+	$(PIP) install -q -e '.[test,bench]'
+	$(PY) benchmarks/bench_swap.py
+
+clean:
+	rm -rf $(VENV) cns-store cns-out .pytest_cache

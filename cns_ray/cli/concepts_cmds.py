@@ -1,0 +1,160 @@
+"""``cns concepts list|show|history|rollback|delete|export --tenant T`` and ``cns store verify|tenants``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cns_ray.cli import add_common
+
+
+def register(sub) -> None:
+    concepts = sub.add_parser("concepts", help="a tenant's concepts: list, show, history, rollback, delete, export")
+    csub = concepts.add_subparsers(dest="concepts_command", required=True, metavar="VERB")
+
+    def verb(name: str, help: str, func, *, version: bool = False, json_out: bool = False) -> argparse.ArgumentParser:
+        p = csub.add_parser(name, help=help, description=help)
+        add_common(p, base_model=False)
+        p.add_argument("--tenant", required=True, help="tenant name")
+        if version:
+            p.add_argument("--version", type=int, default=None, help="tenant version (default: head)")
+        if json_out:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    verb("list", "concepts of a tenant at a version", _list, version=True, json_out=True)
+    verb("show", "one concept in detail", _show, version=True, json_out=True).add_argument("name", help="concept name")
+    verb("history", "every version of a tenant, oldest first; * marks the head", _history, json_out=True)
+    verb("rollback", "move the tenant's head to an earlier (or later) version", _rollback).add_argument(
+        "target", type=int, metavar="VERSION", help="version to make the head")
+    verb("delete", "a new version without this concept (its token and its own delta entries removed)", _delete).add_argument(
+        "name", help="concept name")
+    verb("export", "copy one version (files + manifest excerpt) to a folder or s3://", _export, version=True).add_argument(
+        "dest", help="destination folder or s3://bucket/prefix")
+
+    store = sub.add_parser("store", help="the concept store: verify, tenants")
+    ssub = store.add_subparsers(dest="store_command", required=True, metavar="VERB")
+    p = ssub.add_parser("verify", help="check every version of every tenant and the mask cache; exit 1 on problems",
+                        description="check every version of every tenant and the mask cache; exit 1 on problems")
+    add_common(p, base_model=False)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_verify)
+    p = ssub.add_parser("tenants", help="list the store's tenants and their heads")
+    add_common(p, base_model=False)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_tenants)
+
+
+def _store(args):
+    from cns_ray.config import StoreConfig
+    from cns_ray.store import ConceptStore
+
+    return ConceptStore(StoreConfig(uri=args.store))
+
+
+def _concept_row(c) -> dict:
+    return {"name": c.name, "token": c.token, "class_word": c.class_word, "method": c.method,
+            "neurons": c.nnz, "version_added": c.version_added}
+
+
+def _list(args) -> int:
+    state = _store(args).load(args.tenant, args.version)
+    rows = [_concept_row(c) for c in state.concepts]
+    if args.json:
+        print(json.dumps({"tenant": args.tenant, "version": state.version, "concepts": rows}, indent=1))
+        return 0
+    print(f"tenant {args.tenant}, version {state.version}: {len(rows)} concept(s), {state.delta.nnz} delta entries")
+    if rows:
+        print(f"  {'NAME':<20} {'TOKEN':<16} {'CLASS':<12} {'METHOD':<6} {'NEURONS':>9} {'ADDED':>5}")
+    for r in rows:
+        print(f"  {r['name']:<20} {r['token']:<16} {r['class_word']:<12} {r['method']:<6} {r['neurons']:>9} {str(r['version_added']):>5}")
+    return 0
+
+
+def _show(args) -> int:
+    from cns_ray.errors import NotFoundError
+
+    state = _store(args).load(args.tenant, args.version)
+    c = state.concept(args.name)
+    if c is None:
+        raise NotFoundError(f"tenant {args.tenant!r} has no concept {args.name!r} at version {state.version} "
+                            f"(concepts: {[x.name for x in state.concepts]})")
+    emb = state.tokens.get(c.token)
+    info = {**_concept_row(c), "version": state.version, "base_id": state.base_id, "stats": c.stats,
+            "token_norm": None if emb is None else float(emb.norm()),
+            "layers": {n: int(ix.numel()) for n, ix in sorted(c.neurons.items())}}
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"concept {c.name} of tenant {args.tenant} (version {state.version}, base {state.base_id})")
+    for k in ("token", "class_word", "method", "neurons", "version_added", "token_norm"):
+        print(f"  {k:<14} {info[k]}")
+    print(f"  {'stats':<14} {json.dumps(c.stats, sort_keys=True)}")
+    for n, k in info["layers"].items():
+        print(f"    {n:<64} {k:>8}")
+    return 0
+
+
+def _history(args) -> int:
+    from dataclasses import asdict
+
+    hist = _store(args).history(args.tenant)
+    if args.json:
+        print(json.dumps({"tenant": args.tenant, "versions": [asdict(v) for v in hist]}, indent=1))
+        return 0
+    if not hist:
+        print(f"tenant {args.tenant} has no versions")
+        return 0
+    print(f"  {'VER':>4} {'PARENT':>6} {'CREATED':<29} {'NNZ':>9}  CONCEPTS / MESSAGE")
+    for v in hist:
+        mark = "*" if v.is_head else " "
+        print(f"{mark} {v.version:>4} {str(v.parent):>6} {v.created_at:<29} {v.nnz:>9}  {','.join(v.concepts) or '-'}"
+              + (f"  ({v.message})" if v.message else ""))
+    return 0
+
+
+def _rollback(args) -> int:
+    store = _store(args)
+    before = store.head(args.tenant)
+    store.rollback(args.tenant, args.target)
+    print(f"tenant {args.tenant}: head {before} -> {args.target}")
+    return 0
+
+
+def _delete(args) -> int:
+    v = _store(args).delete_concept(args.tenant, args.name)
+    print(f"tenant {args.tenant}: deleted concept {args.name}; new head version {v}")
+    return 0
+
+
+def _export(args) -> int:
+    dest = _store(args).export(args.tenant, args.dest, args.version)
+    print(f"exported tenant {args.tenant} to {dest}")
+    return 0
+
+
+def _verify(args) -> int:
+    store = _store(args)
+    problems, orphans = store.verify(), store.orphans()
+    if args.json:
+        print(json.dumps({"store": store.uri(), "problems": problems, "orphans": orphans}, indent=1))
+    else:
+        print(f"store {store.uri()}: {len(store.list_tenants())} tenant(s), {len(problems)} problem(s), "
+              f"{len(orphans)} orphan version folder(s)")
+        for p in problems:
+            print(f"PROBLEM {p}")
+        for o in orphans:
+            print(f"orphan  {o}")
+    return 1 if problems else 0
+
+
+def _tenants(args) -> int:
+    store = _store(args)
+    rows = [{"tenant": t, "head": store.head(t)} for t in store.list_tenants()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            print(f"{r['tenant']:<64} head {r['head']}")
+    return 0

@@ -1,0 +1,228 @@
+"""``cns demo``: the whole system on the embedded defaults, end to end, in one command.
+
+1. calibrate: general neurons of the tiny base over the 20 built-in prompts, sharded over Ray scorer actors
+   (cached in the store);
+2. select: concept neurons of a bundled example concept, printed per layer;
+3. learn: two concepts for each of two tenants, continually (each tenant's concepts in order, tenants in parallel)
+   through the learning scheduler and Ray Train;
+4. before/after grids: each tenant's prompts generated at every version, written as PNG;
+5. serve: the Ray Serve endpoint on 127.0.0.1, each tenant's concepts and a two-concept prompt generated over HTTP
+   with that tenant's API key; images written as PNG.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cns_ray.config import LearnerConfig, SelectionConfig, StoreConfig
+
+# tenant -> its concepts, learned in this order (names of bundled example concepts)
+DEMO_TENANTS: dict[str, tuple[str, ...]] = {"acme": ("toy", "mug"), "bravo": ("sculpture", "backpack")}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What ``cns demo`` does."""
+
+    out_dir: str = "cns-out"
+    """Output folder: images, and the demo's own store under ``store/`` unless ``store`` is given."""
+    store: str | None = None
+    """Concept store URI; None = ``{out_dir}/store``, emptied at the start so the demo can run again."""
+    base_model: str = "tiny"
+    """Base model spec."""
+    steps: int = 120
+    """Learning steps per concept."""
+    actors: int = 2
+    """Scorer actors for calibration."""
+    serve: bool = True
+    """Start the HTTP endpoint and generate over HTTP at the end."""
+    gen_steps: int = 10
+    """Denoising steps of the demo's generations."""
+    seed: int = 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _grid(rows: list[list[bytes]], path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    ims = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row] for row in rows]
+    w, h = ims[0][0].size
+    g = Image.new("RGB", (w * max(len(r) for r in ims), h * len(ims)), "white")
+    for i, row in enumerate(ims):
+        for j, im in enumerate(row):
+            g.paste(im, (j * w, i * h))
+    g.save(path, format="PNG")
+
+
+def _prompts(concepts: tuple[str, ...], class_words: dict[str, str]) -> list[str]:
+    single = [f"a photo of <{c}> {class_words[c]}" for c in concepts]
+    both = f"a photo of <{concepts[0]}> {class_words[concepts[0]]} and <{concepts[1]}> {class_words[concepts[1]]}"
+    return [*single, both]
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
+    """Run the demo; returns a summary (versions, files). ``say`` prints progress lines."""
+    from cns_ray.data import example_concepts
+    from cns_ray.jobs.calibrate import general_masks_info, select_for_concept
+    from cns_ray.jobs.ray_env import init_ray
+    from cns_ray.models import load_base_model
+    from cns_ray.neurons import mask_fraction
+    from cns_ray.store import ConceptStore
+
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    store_uri = cfg.store or str(out / "store")
+    if cfg.store is None and Path(store_uri).exists():
+        shutil.rmtree(store_uri)
+    store = ConceptStore(StoreConfig(uri=store_uri))
+    examples = example_concepts()
+    class_words = {name: word for name, (_, word) in examples.items()}
+    t0 = time.time()
+
+    say(f"[1/5] Ray on 127.0.0.1; base model {cfg.base_model!r}; store {store_uri}")
+    init_ray(None, namespace="cns")
+    base = load_base_model(cfg.base_model)
+    sel = SelectionConfig()
+    info = general_masks_info(base, store, sel, num_actors=cfg.actors, progress=lambda d, t: say(f"      calibration shard {d}/{t} scored"))
+    say(
+        f"      general neurons: {mask_fraction(info.masks):.1%} of {sum(m.numel() for m in info.masks.values()):,} target "
+        f"weights at select_ratio={sel.select_ratio} ({'from cache' if info.from_cache else f'{cfg.actors} scorer actors'})"
+    )
+
+    first = DEMO_TENANTS["acme"][0]
+    folder, word = examples[first]
+    captions = (folder / "captions.txt").read_text().splitlines()
+    s = select_for_concept(base, store, captions, sel, num_actors=0)
+    say(f"[2/5] concept neurons of example '{first}' ({len(captions)} images, class word '{word}'):")
+    for name, m in s.concept.items():
+        say(f"      {name:<62} {int(m.sum()):>5} / {m.numel():>5}")
+    say(f"      total {int(s.summary()['concept_count'])} = {s.summary()['concept_fraction']:.2%} of the target weights")
+
+    say(f"[3/5] learning {sum(len(c) for c in DEMO_TENANTS.values())} concepts, {cfg.steps} steps each, via the scheduler")
+    versions = _learn_all(cfg, store_uri, examples, say)
+
+    say("[4/5] before/after grids (rows: base, after concept 1, after concept 2; columns: the prompts)")
+    files = _grids(cfg, base, store, class_words, out, say)
+
+    if cfg.serve:
+        say("[5/5] serving over HTTP on 127.0.0.1")
+        files += _serve_and_generate(cfg, store_uri, class_words, out, say)
+    say(f"done in {time.time() - t0:.0f} s; images in {out}")
+    return {"versions": versions, "files": [str(f) for f in files], "store": store_uri}
+
+
+def _learn_all(cfg: DemoConfig, store_uri: str, examples: dict, say) -> dict[str, list[int]]:
+    import ray
+
+    from cns_ray.jobs.scheduler import get_or_create_scheduler
+
+    sched = get_or_create_scheduler(store_uri, cfg.base_model, name=f"cns-demo-{int(time.time())}")
+    lcfg = LearnerConfig(steps=cfg.steps, checkpoint_every=max(cfg.steps // 2, 1), cpus_per_worker=0.5, seed=cfg.seed)
+    jobs = []
+    for tenant, concepts in DEMO_TENANTS.items():
+        for c in concepts:
+            folder, word = examples[c]
+            req = {"tenant": tenant, "concept": c, "class_word": word, "images": str(folder)}
+            jobs.append(ray.get(sched.submit.remote(req, lcfg.to_dict())))
+    last = ""
+    while True:
+        st = [ray.get(sched.status.remote(j)) for j in jobs]
+        line = "  ".join(f"{s['tenant']}/{s['concept']}:{s['state']}" + (f" {s['step']}/{s['total']}" if s["state"] == "running" else "") for s in st)
+        if line != last:
+            say("      " + line)
+            last = line
+        if all(s["state"] in ("succeeded", "failed") for s in st):
+            break
+        time.sleep(2)
+    failed = [s for s in st if s["state"] == "failed"]
+    if failed:
+        raise RuntimeError("demo learning failed: " + "; ".join(f"{s['tenant']}/{s['concept']}: {s['error']}" for s in failed))
+    versions: dict[str, list[int]] = {}
+    for s in st:
+        versions.setdefault(s["tenant"], []).append(s["version"])
+    for tenant, vs in versions.items():
+        say(f"      tenant {tenant}: versions {vs} ({', '.join(DEMO_TENANTS[tenant])}, in order)")
+    ray.kill(sched)
+    return versions
+
+
+def _grids(cfg: DemoConfig, base, store, class_words: dict, out: Path, say) -> list[Path]:
+    from cns_ray.serve.swap import GenerationRequest, ServedTenant, generate_images
+
+    weights = base.target_weights()
+    files = []
+    for tenant, concepts in DEMO_TENANTS.items():
+        prompts = _prompts(concepts, class_words)
+        states = [ServedTenant.empty(tenant, base.base_id)]
+        for info in store.history(tenant):
+            st = store.load(tenant, info.version, shapes=base.target_shapes(), base_id=base.base_id)
+            states.append(ServedTenant.from_state(st, "cpu", base.unet.dtype))
+        rows = []
+        for served in states:
+            row = []
+            for p in prompts:
+                req = GenerationRequest(prompt=p, steps=cfg.gen_steps, seed=cfg.seed, height=base.resolution, width=base.resolution)
+                row += generate_images(base, weights, served, req)
+            rows.append(row)
+        path = out / f"{tenant}_before_after.png"
+        _grid(rows, path)
+        say(f"      {path}  ({len(rows)} versions x {len(prompts)} prompts: {prompts})")
+        files.append(path)
+    return files
+
+
+def _serve_and_generate(cfg: DemoConfig, store_uri: str, class_words: dict, out: Path, say) -> list[Path]:
+    from ray import serve
+
+    from cns_ray.serve.app import build_app
+    from cns_ray.serve.auth import hash_key, new_key
+    from cns_ray.serve.config import ServingConfig
+
+    keys = {tenant: new_key(tenant) for tenant in DEMO_TENANTS}
+    port = _free_port()
+    scfg = ServingConfig(
+        store=store_uri,
+        base_model=cfg.base_model,
+        api_keys={hash_key(k): t for t, k in keys.items()},
+        read_env_keys=False,
+        default_steps=cfg.gen_steps,
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(scfg), name="cns", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    say(f"      endpoint {url} (one key per tenant)")
+    files = []
+    try:
+        for tenant, concepts in DEMO_TENANTS.items():
+            for i, prompt in enumerate(_prompts(concepts, class_words)):
+                body = json.dumps({"prompt": prompt, "seed": cfg.seed, "steps": cfg.gen_steps}).encode()
+                req = urllib.request.Request(
+                    f"{url}/v1/images/generations",
+                    data=body,
+                    headers={"Authorization": f"Bearer {keys[tenant]}", "Content-Type": "application/json"},
+                )
+                t = time.time()
+                with urllib.request.urlopen(req, timeout=300) as r:
+                    reply = json.loads(r.read())
+                path = out / f"{tenant}_http_{i}.png"
+                path.write_bytes(base64.b64decode(reply["data"][0]["b64_json"]))
+                say(f"      POST /v1/images/generations {tenant!r} {prompt!r} -> {path.name} ({time.time() - t:.2f} s)")
+                files.append(path)
+    finally:
+        serve.shutdown()
+    return files

@@ -1,0 +1,55 @@
+"""L_reg of continual CNS learning: pure tensor math, no model, no I/O.
+
+For concept ``m``, on its selected entries of each target layer::
+
+    target = W^(m-1)   on entries that earlier concepts of the tenant also selected (keep what they learned)
+    target = W^(0)     elsewhere (stay near the pretrained weights)
+    L_reg  = mean over all selected entries of (W - target)^2
+
+All tensors are flat vectors over a layer's selected entries, ``[nnz]``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+
+def reg_targets(previous: torch.Tensor, pretrained: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
+    """Per-entry target: ``previous`` where ``overlap`` (bool), else ``pretrained``. All [nnz] -> [nnz]."""
+    if not (previous.shape == pretrained.shape == overlap.shape):
+        raise ValueError(
+            f"previous {tuple(previous.shape)}, pretrained {tuple(pretrained.shape)} and overlap "
+            f"{tuple(overlap.shape)} must have one shape [nnz]"
+        )
+    return torch.where(overlap.bool(), previous, pretrained)
+
+
+def overlap_mask(selected: torch.Tensor, earlier: torch.Tensor | None) -> torch.Tensor:
+    """bool [nnz]: which of the sorted flat ``selected`` indices are among the ``earlier`` concepts' indices."""
+    if earlier is None or earlier.numel() == 0:
+        return torch.zeros(selected.shape, dtype=torch.bool, device=selected.device)
+    return torch.isin(selected, earlier.to(selected.device))
+
+
+def l_reg(values: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over every selected entry of every layer of ``(values - targets)^2``; 0 when nothing is selected.
+
+    values: name -> [nnz] (trainable); targets: name -> [nnz] (constants).
+    """
+    missing = sorted(set(values) ^ set(targets))
+    if missing:
+        raise ValueError(f"values and targets cover different layers: {missing}")
+    total, count = None, 0
+    for name, v in values.items():
+        t = targets[name]
+        if v.shape != t.shape:
+            raise ValueError(f"layer {name!r}: values {tuple(v.shape)} vs targets {tuple(t.shape)}")
+        s = (v.float() - t.float()).pow(2).sum()
+        total = s if total is None else total + s
+        count += v.numel()
+    if total is None or count == 0:
+        ref = next(iter(values.values()), None)
+        return torch.zeros((), device=ref.device if ref is not None else "cpu")
+    return total / count

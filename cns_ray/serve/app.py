@@ -1,0 +1,50 @@
+"""Build the Serve application: Ingress (FastAPI) -> Generator (shared base, tenants multiplexed).
+
+``build_app(config)`` from Python; ``app_builder(args)`` for Serve config files
+(``import_path: cns_ray.serve.app:app_builder`` with ``args`` = ServingConfig fields, see deploy/serve.yaml).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cns_ray.serve.config import ServingConfig
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "cns"
+ROUTE_PREFIX = "/"
+
+
+def _wants_gpu(cfg: ServingConfig) -> bool:
+    if cfg.use_gpu is not None:
+        return cfg.use_gpu
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    except Exception:  # noqa: BLE001 - no cluster info: CPU
+        return False
+
+
+def build_app(config: ServingConfig):
+    """The bound Serve application for ``config`` (pass it to ``serve.run``)."""
+    from cns_ray.serve.generator import Generator
+    from cns_ray.serve.ingress import Ingress
+
+    cfg = config.to_dict()
+    gpu = _wants_gpu(config)
+    actor_opts = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": config.num_cpus}
+    gen_opts: dict = {"ray_actor_options": actor_opts}
+    if config.autoscaling:
+        gen_opts["autoscaling_config"] = dict(config.autoscaling)
+    else:
+        gen_opts["num_replicas"] = config.replicas
+    generator = Generator.options(**gen_opts).bind(cfg)
+    log.info("serving app: store %s, base %s, %s, gpu=%s", config.store, config.base_model, gen_opts, gpu)
+    return Ingress.options(ray_actor_options={"num_cpus": config.ingress_num_cpus}).bind(generator, cfg)
+
+
+def app_builder(args: dict):
+    """Serve config entry point: ``args`` are ServingConfig fields (unknown ones are refused)."""
+    return build_app(ServingConfig.from_dict(dict(args or {})))

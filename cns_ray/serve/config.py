@@ -1,0 +1,121 @@
+"""ServingConfig: everything the Serve app needs, validated at construction and passed whole."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from cns_ray.config import DEFAULT_BASE_MODEL, DEFAULT_STORE_URI, ConfigError
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The serving endpoint: store, base model, replicas, limits and API keys."""
+
+    store: str = DEFAULT_STORE_URI
+    """Concept store URI (folder or ``s3://bucket/prefix``)."""
+    base_model: str = DEFAULT_BASE_MODEL
+    """``tiny`` (embedded), a diffusers folder, or ``s3://`` of one."""
+    replicas: int = 1
+    """Generator replicas (ignored when ``autoscaling`` is set)."""
+    autoscaling: dict | None = None
+    """Serve ``autoscaling_config`` for the generator (e.g. ``{"min_replicas": 1, "max_replicas": 4}``)."""
+    use_gpu: bool | None = None
+    """One GPU per generator replica; None = when the cluster has GPUs."""
+    num_cpus: float = 0.5
+    """CPUs per generator replica when it has no GPU (fractional on small machines)."""
+    ingress_num_cpus: float = 0.1
+    """CPUs of the ingress replica."""
+    torch_threads: int = 0
+    """torch intra-op threads in a generator replica (0 = torch's default)."""
+    max_tenants_per_replica: int = 16
+    """Tenant states kept resident per replica (LRU through Serve's model multiplexing)."""
+    refresh_ttl_s: float = 10.0
+    """A tenant's head version is re-checked at most this often; a newer version is loaded on the next request."""
+    max_prompt_chars: int = 1000
+    """Longest prompt accepted."""
+    max_n: int = 4
+    """Most images per request."""
+    max_size: int = 1024
+    """Largest image side in pixels (sizes must also be multiples of 8)."""
+    default_size: int | None = None
+    """Image side when the request gives none; None = the base model's native resolution."""
+    max_steps: int = 100
+    """Most denoising steps per request."""
+    default_steps: int = 25
+    """Denoising steps when the request gives none."""
+    default_guidance: float = 7.5
+    """Classifier-free guidance scale when the request gives none."""
+    max_upload_bytes: int = 20 * 1024 * 1024
+    """Largest total upload of concept images per learn request."""
+    max_upload_files: int = 32
+    """Most images per learn request."""
+    learn_steps: int = 500
+    """Default learning steps of a learn request (the request may ask for fewer, up to ``max_learn_steps``)."""
+    max_learn_steps: int = 2000
+    """Most learning steps a learn request may ask for."""
+    keys_file: str | None = None
+    """JSON file ``{sha256(key): tenant}``; hashes only, never keys."""
+    api_keys: dict[str, str] = field(default_factory=dict)
+    """More ``{sha256(key): tenant}`` entries (e.g. from serve.yaml)."""
+    admin_key_sha256: str | None = None
+    """sha256 of the operator key (may act on any tenant through the ``X-CNS-Tenant`` header)."""
+    read_env_keys: bool = True
+    """Also read ``CNS_API_KEYS`` (``key1:tenantA,key2:tenantB``) and ``CNS_ADMIN_KEY`` in the ingress replica."""
+    fault_marker: str | None = None
+    """TESTS ONLY: a prompt containing this string fails inside the swapped region, mid-generation."""
+    scheduler_name: str = "cns-scheduler"
+    """Name of the learning scheduler actor (namespace ``scheduler_namespace``)."""
+    scheduler_namespace: str = "cns"
+    """Ray namespace of the scheduler actor."""
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                p.append(msg)
+
+        check(bool(self.store), "store must not be empty: give a folder or s3://bucket/prefix")
+        check(bool(self.base_model), "base_model must not be empty: give 'tiny' or a diffusers folder")
+        check(self.replicas >= 1, f"replicas={self.replicas} must be >= 1")
+        check(self.num_cpus > 0, f"num_cpus={self.num_cpus} must be > 0 (fractional is fine, e.g. 0.5)")
+        check(self.ingress_num_cpus > 0, f"ingress_num_cpus={self.ingress_num_cpus} must be > 0")
+        check(self.torch_threads >= 0, f"torch_threads={self.torch_threads} must be >= 0 (0 = default)")
+        check(self.max_tenants_per_replica >= 1, f"max_tenants_per_replica={self.max_tenants_per_replica} must be >= 1")
+        check(self.refresh_ttl_s >= 0, f"refresh_ttl_s={self.refresh_ttl_s} must be >= 0")
+        check(self.max_prompt_chars >= 1, f"max_prompt_chars={self.max_prompt_chars} must be >= 1")
+        check(self.max_n >= 1, f"max_n={self.max_n} must be >= 1")
+        check(self.max_size >= 8 and self.max_size % 8 == 0, f"max_size={self.max_size} must be a multiple of 8, >= 8")
+        check(
+            self.default_size is None or (8 <= self.default_size <= self.max_size and self.default_size % 8 == 0),
+            f"default_size={self.default_size} must be None or a multiple of 8 in [8, max_size={self.max_size}]",
+        )
+        check(1 <= self.default_steps <= self.max_steps, f"default_steps={self.default_steps} must be in [1, max_steps={self.max_steps}]")
+        check(self.default_guidance >= 0, f"default_guidance={self.default_guidance} must be >= 0")
+        check(self.max_upload_bytes >= 1, f"max_upload_bytes={self.max_upload_bytes} must be >= 1")
+        check(self.max_upload_files >= 1, f"max_upload_files={self.max_upload_files} must be >= 1")
+        check(1 <= self.learn_steps <= self.max_learn_steps, f"learn_steps={self.learn_steps} must be in [1, max_learn_steps={self.max_learn_steps}]")
+        bad = [h for h in self.api_keys if not _is_sha256(h)]
+        check(not bad, f"api_keys must map sha256 hex digests (64 hex chars) to tenants; got {len(bad)} other key(s): store hashes, never keys")
+        check(
+            self.admin_key_sha256 is None or _is_sha256(self.admin_key_sha256),
+            "admin_key_sha256 must be a sha256 hex digest (64 hex chars): `cns keys hash KEY` prints one",
+        )
+        check(self.fault_marker is None or bool(self.fault_marker), "fault_marker must be None or a non-empty string")
+        if p:
+            raise ConfigError("invalid ServingConfig: " + "; ".join(p))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ServingConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown ServingConfig option(s) {unknown}: known options are {sorted(known)}")
+        return cls(**d)
+
+
+def _is_sha256(h: object) -> bool:
+    return isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h.lower())

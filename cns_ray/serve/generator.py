@@ -1,0 +1,152 @@
+"""The Generator deployment: one shared base pipeline per replica, tenants multiplexed, swap per request.
+
+Requests carry their tenant as Serve's multiplexed model id, so a tenant's requests go to replicas that already
+hold its state. Every use of the shared weights (swap + generate, the weights digest) runs on one worker thread,
+so a replica never has two tenants' deltas in the weights at once; tenant loads run beside it (they only read the
+store). Expected failures come back as ``{"ok": False, "status", "error": {"message", "type"}}`` so the ingress
+can answer with the right HTTP status whatever Ray does to exception types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ray import serve
+
+from cns_ray.errors import CNSError, InputError
+from cns_ray.serve.config import ServingConfig
+from cns_ray.serve.swap import GenerationRequest, InjectedFault, ServedTenant, generate_images, weights_digest
+from cns_ray.serve.tenant_cache import TenantSlot, TenantUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def error_reply(status: int, etype: str, message: str) -> dict:
+    return {"ok": False, "status": status, "error": {"message": message, "type": etype}}
+
+
+class GeneratorCore:
+    """Everything the deployment does, usable without Serve (the CLI's in-process path and unit tests)."""
+
+    def __init__(self, config: ServingConfig, base=None, store=None):
+        import torch
+
+        from cns_ray.config import StoreConfig
+        from cns_ray.models import load_base_model
+
+        self.config = config
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        cuda = torch.cuda.is_available()
+        self.base = base or load_base_model(
+            config.base_model, device="cuda" if cuda else "cpu", dtype=torch.float16 if cuda else torch.float32
+        )
+        self.weights = self.base.target_weights()  # name -> live [out, in]
+        self.shapes = self.base.target_shapes()
+        if store is None:
+            from cns_ray.store import ConceptStore
+
+            store = ConceptStore(StoreConfig(uri=config.store))
+        self.store = store
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cns-swap")
+        self.counters = {"requests": 0, "ok": 0, "failed": 0, "images": 0, "tenant_loads": 0}
+        self.busy_s = 0.0
+
+    # ---------------------------------------------------------------- tenants
+    def load_tenant(self, tenant: str, head: int | None = None) -> ServedTenant:
+        """The tenant's head state, validated against this base (blocking; raises store/delta errors)."""
+        if head is None:
+            head = self.store.head(tenant)
+        if head is None:
+            return ServedTenant.empty(tenant, self.base.base_id)
+        state = self.store.load(tenant, head, shapes=self.shapes, base_id=self.base.base_id)
+        self.counters["tenant_loads"] += 1
+        return ServedTenant.from_state(state, self.base.unet.device, self.base.unet.dtype)
+
+    def new_slot(self, tenant: str) -> TenantSlot:
+        return TenantSlot(tenant, self.load_tenant, self.store.head, self.config.refresh_ttl_s)
+
+    # ---------------------------------------------------------------- generation
+    def generate_sync(self, served: ServedTenant, req: GenerationRequest) -> list[bytes]:
+        """Swap + generate + restore on the calling thread (callers serialise; the deployment uses ``worker``)."""
+        t0 = time.perf_counter()
+        try:
+            return generate_images(self.base, self.weights, served, req, self.config.fault_marker)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    async def generate(self, slot: TenantSlot, req: GenerationRequest) -> dict:
+        self.counters["requests"] += 1
+        try:
+            served = await slot.current()
+            req = req.with_seed()
+            loop = asyncio.get_running_loop()
+            images = await loop.run_in_executor(self.worker, self.generate_sync, served, req)
+        except TenantUnavailableError as e:
+            self.counters["failed"] += 1
+            return error_reply(503, "tenant_unavailable", str(e))
+        except InputError as e:
+            self.counters["failed"] += 1
+            return error_reply(400, "invalid_request", str(e))
+        except InjectedFault as e:
+            self.counters["failed"] += 1
+            return error_reply(500, "generation_failed", str(e))
+        except CNSError as e:
+            self.counters["failed"] += 1
+            return error_reply(500, type(e).__name__, str(e))
+        except Exception as e:  # noqa: BLE001 - any failure is one request's, the replica keeps serving
+            self.counters["failed"] += 1
+            log.exception("generation failed for tenant %s", slot.tenant)
+            return error_reply(500, "generation_failed", f"generation failed: {type(e).__name__}: {e}")
+        self.counters["ok"] += 1
+        self.counters["images"] += len(images)
+        return {"ok": True, "images": images, "seed": req.seed, "version": served.version, "tenant": slot.tenant}
+
+    async def digest(self) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.worker, weights_digest, self.base)
+
+
+@serve.deployment(name="Generator", max_ongoing_requests=16, health_check_period_s=10)
+class Generator:
+    """Serve deployment around :class:`GeneratorCore`; tenant = multiplexed model id."""
+
+    def __init__(self, config: dict):
+        cfg = ServingConfig.from_dict(config)
+        self.core = GeneratorCore(cfg)
+
+        async def load_slot(tenant: str) -> TenantSlot:
+            return self.core.new_slot(tenant)
+
+        self._slot = serve.multiplexed(max_num_models_per_replica=cfg.max_tenants_per_replica)(load_slot)
+
+    async def generate(self, request: dict) -> dict:
+        tenant = serve.get_multiplexed_model_id()
+        if not tenant:
+            return error_reply(400, "invalid_request", "no tenant: call with handle.options(multiplexed_model_id=tenant)")
+        slot = await self._slot(tenant)
+        return await self.core.generate(slot, GenerationRequest(**request))
+
+    async def reload(self) -> dict:
+        """Re-read the tenant's head now (on this replica)."""
+        tenant = serve.get_multiplexed_model_id()
+        slot = await self._slot(tenant)
+        try:
+            served = await slot.current(force=True)
+        except TenantUnavailableError as e:
+            return error_reply(503, "tenant_unavailable", str(e))
+        return {"ok": True, "tenant": tenant, "version": served.version}
+
+    async def weights_digest(self) -> str:
+        """sha256 of the replica's base weights, taken between requests (debug/invariant checks)."""
+        return await self.core.digest()
+
+    async def stats(self) -> dict:
+        return {**self.core.counters, "busy_s": round(self.core.busy_s, 4), "base_id": self.core.base.base_id}
+
+    async def info(self) -> dict:
+        """The served base: its id and native resolution (the default image size)."""
+        return {"base_id": self.core.base.base_id, "resolution": self.core.base.resolution, "source": self.core.base.source}

@@ -1,0 +1,123 @@
+"""The learn route's work: check and save uploaded concept images under the store, submit a learning job.
+
+Images go to ``{store}/uploads/{tenant}/{uuid}/NNN.png`` (re-encoded as PNG, so only decodable images are kept and
+no client file name reaches a store key); the job is submitted to the per-tenant scheduler actor
+(cns_ray.jobs.scheduler), which learns a tenant's concepts in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import uuid
+
+from cns_ray.errors import InputError
+from cns_ray.serve.config import ServingConfig
+from cns_ray.store.names import validate_name, validate_token
+
+log = logging.getLogger(__name__)
+
+
+def _api_error(status: int, etype: str, message: str):
+    from cns_ray.serve.ingress import ApiError
+
+    return ApiError(status, etype, message)
+
+
+def scheduler(cfg: ServingConfig):
+    """The named scheduler actor (created on first use)."""
+    try:
+        from cns_ray.jobs.scheduler import get_or_create_scheduler
+    except ImportError as e:
+        raise _api_error(503, "learning_unavailable", f"learning jobs are not available in this deployment ({e})") from e
+    return get_or_create_scheduler(cfg.store, cfg.base_model, namespace=cfg.scheduler_namespace, name=cfg.scheduler_name)
+
+
+def check_images(blobs: list[tuple[str, bytes]], cfg: ServingConfig) -> list[bytes]:
+    """Decode every upload; PNG bytes of each, or a clear error naming the bad file and the limits."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not blobs:
+        raise _api_error(422, "invalid_request", "no images: send 1 or more files in the 'images' field")
+    if len(blobs) > cfg.max_upload_files:
+        raise _api_error(413, "upload_too_large", f"{len(blobs)} images, the limit is {cfg.max_upload_files}: send fewer")
+    total = sum(len(b) for _, b in blobs)
+    if total > cfg.max_upload_bytes:
+        raise _api_error(413, "upload_too_large", f"images total {total} bytes, the limit is {cfg.max_upload_bytes}: send fewer or smaller images")
+    out = []
+    for name, data in blobs:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                buf = io.BytesIO()
+                im.convert("RGB").save(buf, format="PNG")
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise _api_error(422, "invalid_image", f"file {name!r} is not a readable image ({e}): send PNG or JPEG files") from e
+        out.append(buf.getvalue())
+    return out
+
+
+def save_uploads(store, tenant: str, pngs: list[bytes]) -> str:
+    """Write the images under the store; returns the folder URI (what the learner reads)."""
+    from cns_ray.fs import resolve
+
+    folder = store.uri("uploads", tenant, uuid.uuid4().hex)
+    loc = resolve(folder)
+    if not loc.is_s3:
+        loc.fs.create_dir(loc.path, recursive=True)
+    for i, data in enumerate(pngs):
+        with loc.fs.open_output_stream(loc.join(f"{i:03d}.png")) as f:
+            f.write(data)
+    return folder
+
+
+async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concept: str, class_word: str, token: str | None, steps: int | None) -> str:
+    from cns_ray.config import LearnerConfig
+
+    try:
+        validate_name(concept, "concept")
+        token = validate_token(token if token else f"<{concept}>")
+    except ValueError as e:
+        raise _api_error(422, "invalid_name", str(e)) from e
+    if not class_word.strip() or len(class_word) > 64:
+        raise _api_error(422, "invalid_request", f"class_word {class_word[:70]!r} must be 1-64 characters, e.g. 'dog'")
+    steps = cfg.learn_steps if steps is None else steps
+    if not 1 <= steps <= cfg.max_learn_steps:
+        raise _api_error(422, "invalid_request", f"steps={steps} must be in [1, {cfg.max_learn_steps}]")
+    blobs = []
+    for f in images:
+        blobs.append((f.filename or "image", await f.read(cfg.max_upload_bytes + 1)))
+        if sum(len(b) for _, b in blobs) > cfg.max_upload_bytes:
+            raise _api_error(413, "upload_too_large", f"images exceed {cfg.max_upload_bytes} bytes in total: send fewer or smaller images")
+    pngs = check_images(blobs, cfg)
+    folder = save_uploads(store, tenant, pngs)
+    request = {
+        "tenant": tenant,
+        "concept": concept,
+        "class_word": class_word.strip(),
+        "images": folder,
+        "token": token,
+        "captions": None,
+        "parent_version": None,
+    }
+    actor = await asyncio.to_thread(scheduler, cfg)
+    try:
+        job_id = await actor.submit.remote(request, LearnerConfig(steps=steps).to_dict())
+    except (InputError, ValueError) as e:
+        raise _api_error(422, "invalid_request", str(e)) from e
+    log.info("tenant %s: submitted learning of %s (%d images) as job %s", tenant, concept, len(pngs), job_id)
+    return job_id
+
+
+async def job_for_tenant(cfg: ServingConfig, tenant: str, job_id: str) -> dict:
+    """A job's status, only if it belongs to ``tenant`` (404 otherwise, so other tenants' ids reveal nothing)."""
+    not_found = _api_error(404, "not_found", f"tenant {tenant!r} has no job {job_id!r}: GET /v1/jobs lists its jobs")
+    actor = await asyncio.to_thread(scheduler, cfg)
+    try:
+        status = await actor.status.remote(job_id)
+    except Exception as e:  # the scheduler raises for unknown ids
+        raise not_found from e
+    if not status or status.get("tenant") != tenant:
+        raise not_found
+    return status

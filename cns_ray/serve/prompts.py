@@ -1,0 +1,91 @@
+"""Per-request prompt encoding with one tenant's placeholder tokens, without touching the shared tokenizer.
+
+The prompt is split on the tenant's own placeholders (exact strings such as ``<rex>``); every other piece is
+tokenized as plain text by the base tokenizer (so another tenant's ``<tok>`` stays literal text). Each placeholder
+takes one position whose input embedding is replaced by the tenant's vector through a forward hook that lives only
+for this call. This gives the same ids as a tokenizer with the placeholder added (``add_tokens``), which is how the
+learner tokenizes, and the same embeddings as a text encoder whose table holds the tenant's vector.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import torch
+
+
+@dataclass
+class TokenizedPrompt:
+    """ids: int64 [T] (bos, content, eos, padding); placeholders: position -> placeholder token."""
+
+    ids: torch.Tensor
+    placeholders: dict[int, str]
+    truncated: bool
+
+
+def tokenize_with_placeholders(tokenizer, prompt: str, tokens: Mapping[str, object]) -> TokenizedPrompt:
+    """Tokenize ``prompt`` to ``model_max_length`` ids, marking where the tenant's placeholder ``tokens`` stand."""
+    max_len = int(tokenizer.model_max_length)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    content: list[int] = []
+    marks: dict[int, str] = {}
+    names = sorted(tokens, key=len, reverse=True)  # longest first: "<rex2>" before "<rex>"
+    pieces = re.split("(" + "|".join(re.escape(t) for t in names) + ")", prompt) if names else [prompt]
+    for piece in pieces:
+        if not piece:
+            continue
+        if piece in tokens:
+            marks[len(content)] = piece
+            content.append(bos)  # any valid id; its embedding is replaced
+        else:
+            content.extend(tokenizer(piece, add_special_tokens=False).input_ids)
+    room = max_len - 2
+    truncated = len(content) > room
+    content = content[:room]
+    ids = [bos, *content, eos] + [pad] * (room - len(content))
+    placeholders = {pos + 1: tok for pos, tok in marks.items() if pos < room}
+    return TokenizedPrompt(torch.tensor(ids, dtype=torch.int64), placeholders, truncated)
+
+
+@contextmanager
+def _spliced_embeddings(text_encoder, rows: dict[int, torch.Tensor]) -> Iterator[None]:
+    """While active, the input-embedding layer's output at positions ``rows`` is replaced (batch of 1)."""
+    if not rows:
+        yield
+        return
+
+    def hook(_module, _inputs, out):  # out: [1, T, D]
+        out = out.clone()
+        for pos, vec in rows.items():
+            out[:, pos] = vec.to(device=out.device, dtype=out.dtype)
+        return out
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def encode_prompt(tokenizer, text_encoder, prompt: str, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The text encoder's last hidden state [1, T, D] for ``prompt`` with the tenant's ``tokens`` resolved.
+
+    Must run where no other request uses ``text_encoder`` at the same time (the generator's single worker).
+    """
+    tp = tokenize_with_placeholders(tokenizer, prompt, tokens)
+    dim = text_encoder.get_input_embeddings().weight.shape[1]
+    rows = {}
+    for pos, tok in tp.placeholders.items():
+        vec = tokens[tok]
+        if vec.dim() != 1 or vec.shape[0] != dim:
+            raise ValueError(f"embedding of {tok} has shape {tuple(vec.shape)}, the text encoder needs [{dim}]")
+        rows[pos] = vec  # [D]
+    device = next(text_encoder.parameters()).device
+    with _spliced_embeddings(text_encoder, rows):
+        out = text_encoder(tp.ids.unsqueeze(0).to(device))[0]  # [1, T, D]
+    return out

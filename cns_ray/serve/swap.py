@@ -1,0 +1,141 @@
+"""The serving core, without Ray: one tenant's state made device-resident, and generation with it swapped in.
+
+``generate_images`` encodes the prompt with the tenant's placeholders (cns_ray.serve.prompts), applies the
+tenant's delta to the shared UNet target weights (gather originals, ``index_add_``), runs the pipeline and
+restores the originals by copying them back, on success, error and cancellation alike. It writes shared weights,
+so callers run it one at a time per base model (the generator's single worker thread; the CLI's one process).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from cns_ray.delta import LayerDelta, SparseDelta, swapped
+from cns_ray.errors import InputError
+from cns_ray.serve.prompts import encode_prompt
+
+log = logging.getLogger(__name__)
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose inside the swapped region (ServingConfig.fault_marker; tests only)."""
+
+
+@dataclass
+class ServedTenant:
+    """A tenant's state ready to serve: delta and tokens on the replica's device."""
+
+    tenant: str
+    version: int | None
+    delta: SparseDelta
+    tokens: dict[str, torch.Tensor]  # placeholder -> [D]
+    concepts: list[str] = field(default_factory=list)
+    loaded_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def from_state(cls, state, device: str | torch.device, dtype: torch.dtype) -> "ServedTenant":
+        """From a store ``TenantState``: int64 indices and values in the weights' dtype, on ``device``."""
+        d = state.delta
+        layers = {
+            n: LayerDelta(ld.index.to(device=device, dtype=torch.int64), ld.value.to(device=device, dtype=dtype))
+            for n, ld in d.layers.items()
+        }
+        tokens = {t: v.detach().to(device=device, dtype=torch.float32) for t, v in state.tokens.items()}
+        return cls(
+            tenant=state.tenant,
+            version=state.version,
+            delta=SparseDelta(d.base_id, dict(d.shapes), layers),
+            tokens=tokens,
+            concepts=[c.name for c in state.concepts],
+        )
+
+    @classmethod
+    def empty(cls, tenant: str, base_id: str) -> "ServedTenant":
+        """A tenant with no versions yet: served with the base model."""
+        return cls(tenant=tenant, version=None, delta=SparseDelta.empty(base_id), tokens={})
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One validated generation request (limits are checked by the ingress)."""
+
+    prompt: str
+    n: int = 1
+    height: int = 64
+    width: int = 64
+    steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int | None = None
+    negative_prompt: str = ""
+
+    def with_seed(self) -> "GenerationRequest":
+        if self.seed is not None:
+            return self
+        return GenerationRequest(**{**self.__dict__, "seed": random.randrange(2**31)})
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def generate_images(
+    base,
+    weights: dict[str, torch.Tensor],
+    served: ServedTenant,
+    req: GenerationRequest,
+    fault_marker: str | None = None,
+) -> list[bytes]:
+    """PNG bytes of ``req.n`` images of ``req.prompt`` for ``served``'s tenant on ``base``.
+
+    ``weights`` are the base's live target weights (name -> [out, in]); they are bit-identical after return or raise.
+    """
+    if req.seed is None:
+        raise InputError("generate_images needs a seed: call GenerationRequest.with_seed() first")
+    pipe = base.pipeline
+    cond = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.prompt, served.tokens)  # [1, T, D]
+    uncond = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.negative_prompt, served.tokens)  # [1, T, D]
+    dtype = pipe.unet.dtype
+    callback = None
+    if fault_marker and fault_marker in req.prompt:
+
+        def callback(_pipe, step, _t, kwargs):
+            if step >= min(1, req.steps - 1):
+                raise InjectedFault(f"injected fault at step {step} for a prompt containing {fault_marker!r}")
+            return kwargs
+
+    generator = torch.Generator(device="cpu").manual_seed(int(req.seed))
+    with swapped(weights, served.delta, base.base_id):
+        out = pipe(
+            prompt_embeds=cond.to(dtype),
+            negative_prompt_embeds=uncond.to(dtype),
+            height=req.height,
+            width=req.width,
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance_scale,
+            num_images_per_prompt=req.n,
+            generator=generator,
+            output_type="pil",
+            callback_on_step_end=callback,
+        )
+    return [png_bytes(im) for im in out.images]
+
+
+def weights_digest(base) -> str:
+    """sha256 over every UNet and text-encoder parameter and buffer (bit-level), for invariant checks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for prefix, module in (("unet", base.unet), ("text_encoder", base.text_encoder)):
+        for name, t in sorted(module.state_dict().items()):
+            h.update(f"{prefix}.{name}".encode())
+            h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

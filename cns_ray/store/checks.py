@@ -1,0 +1,101 @@
+"""What a TenantState must satisfy before it is committed, and the neuron arithmetic of deleting a concept."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from cns_ray.errors import DeltaValidationError, InputError
+from cns_ray.store.names import validate_name, validate_token
+from cns_ray.store.state import METHODS, ConceptRecord, TenantState
+
+UINT32_LIMIT = 2**32
+
+
+def check_state(tenant: str, state: TenantState) -> None:
+    """Raise once with every problem: names (InvalidNameError), the delta (DeltaValidationError), the rest (InputError)."""
+    if state.tenant != tenant:
+        raise InputError(
+            f"the state belongs to tenant {state.tenant!r} and cannot be committed to tenant {tenant!r}: "
+            "a tenant can only write its own state"
+        )
+    names = []
+    for c in state.concepts:
+        names.append(validate_name(c.name, "concept"))
+        validate_token(c.token)
+    for t in state.tokens:
+        validate_token(t)
+    if state.delta.base_id != state.base_id:
+        raise DeltaValidationError(
+            [f"delta base_id {state.delta.base_id!r} differs from the state's base_id {state.base_id!r}"],
+            source=f"state of tenant {tenant!r}",
+        )
+    state.delta.validate(state.delta.shapes, source=f"delta of tenant {tenant!r}")
+    p = _token_problems(state) + _concept_problems(state)
+    if len(set(names)) != len(names):
+        p.append(f"concept names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}; give each concept its own name")
+    if p:
+        raise InputError(f"state of tenant {tenant!r} cannot be committed ({len(p)} problem(s)):\n  - " + "\n  - ".join(p))
+
+
+def _token_problems(state: TenantState) -> list[str]:
+    p = []
+    widths = set()
+    for t, e in state.tokens.items():
+        if not isinstance(e, torch.Tensor) or e.dim() != 1 or not e.is_floating_point():
+            p.append(f"token {t!r}: embedding must be a 1-D float tensor [D], got {getattr(e, 'shape', type(e))}")
+            continue
+        widths.add(int(e.numel()))
+        if not bool(torch.isfinite(e).all()):
+            p.append(f"token {t!r}: embedding has non-finite values; relearn the concept")
+    if len(widths) > 1:
+        p.append(f"token embeddings have different widths {sorted(widths)}; all must match the text encoder")
+    return p
+
+
+def _concept_problems(state: TenantState) -> list[str]:
+    p = []
+    tokens = [c.token for c in state.concepts]
+    for t in sorted({t for t in tokens if tokens.count(t) > 1}):
+        p.append(f"token {t!r} is used by several concepts; give each concept its own placeholder")
+    for c in state.concepts:
+        if c.method not in METHODS:
+            p.append(f"concept {c.name!r}: method {c.method!r} must be one of {METHODS}")
+        if c.method == "cns" and c.token not in state.tokens:
+            p.append(f"concept {c.name!r}: its token {c.token!r} has no embedding in the state's tokens")
+        try:
+            json.dumps(c.stats)
+        except (TypeError, ValueError) as e:
+            p.append(f"concept {c.name!r}: stats are not JSON-serialisable ({e})")
+        for layer, idx in c.neurons.items():
+            p.extend(_neuron_problems(c.name, layer, idx, state.delta.shapes.get(layer)))
+    return p
+
+
+def _neuron_problems(name: str, layer: str, idx: torch.Tensor, shape) -> list[str]:
+    where = f"concept {name!r} layer {layer!r}"
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
+        return [f"{where}: neurons must be a 1-D integer tensor of flat indices"]
+    if idx.numel() == 0:
+        return []
+    p = []
+    limit = shape[0] * shape[1] if shape is not None else UINT32_LIMIT
+    if int(idx.min()) < 0 or int(idx.max()) >= limit:
+        p.append(f"{where}: index range [{int(idx.min())}, {int(idx.max())}] is outside [0, {limit})")
+    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        p.append(f"{where}: neurons must be sorted ascending and unique (use torch.unique)")
+    return p
+
+
+def drop_for_concept(rec: ConceptRecord, rest: list[ConceptRecord]) -> dict[str, torch.Tensor]:
+    """The concept's neurons that none of ``rest`` covers: the delta entries deleting it resets (layer -> indices)."""
+    drop = {}
+    for layer, idx in rec.neurons.items():
+        covered = [c.neurons[layer] for c in rest if layer in c.neurons]
+        idx = idx.long()
+        if covered:
+            idx = idx[~torch.isin(idx, torch.cat(covered).long())]
+        if idx.numel():
+            drop[layer] = idx
+    return drop

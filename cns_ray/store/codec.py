@@ -1,0 +1,260 @@
+"""Parquet codec of the store's files: bytes in, typed objects out, integrity checked on the way in.
+
+- delta.parquet: ``layer`` (dictionary string), ``index`` (uint32, sorted per layer, DELTA_BINARY_PACKED, no
+  dictionary), ``value`` (float16 or float32), zstd. File metadata: base_id, layer shapes, per-layer row counts,
+  value dtype, schema version.
+- tokens.parquet: ``token`` (string), ``embedding`` (fixed-size list of float32).
+- concepts.parquet: name, token, class_word, method, neurons (list of {layer, index: list<uint32>}), stats (JSON),
+  version_added.
+- general masks: ``layer``, ``out``, ``in``, ``bits`` (bit-packed bool mask, :func:`cns_ray.neurons.pack_mask`).
+
+Decoders raise :class:`CorruptStateError` naming ``source`` for unreadable/inconsistent files, and
+:class:`DeltaValidationError` for a delta whose entries are invalid for its own recorded shapes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from cns_ray.delta import LayerDelta, SparseDelta
+from cns_ray.errors import CorruptStateError, DeltaValidationError
+from cns_ray.neurons import pack_mask, unpack_mask
+from cns_ray.store.names import validate_name, validate_token
+from cns_ray.store.state import METHODS, ConceptRecord
+
+SCHEMA_VERSION = 1
+VALUE_DTYPES = {"float16": (torch.float16, pa.float16()), "float32": (torch.float32, pa.float32())}
+UINT32_MAX = 2**32 - 1
+FIX = "fix: roll back to an earlier version (cns concepts rollback) or restore the file from a backup"
+
+
+# ------------------------------------------------------------------ helpers
+def _to_bytes(table: pa.Table, meta: dict[str, object], **kwargs) -> bytes:
+    md = {b"cns." + k.encode(): (v if isinstance(v, str) else json.dumps(v)).encode() for k, v in meta.items()}
+    table = table.replace_schema_metadata(md)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", **kwargs)
+    return sink.getvalue().to_pybytes()
+
+
+def _read(data: bytes, source: str, kind: str) -> tuple[pa.Table, dict[str, str]]:
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise CorruptStateError(f"{source} is unreadable as Parquet ({len(data)} bytes: {e}); it is truncated or corrupt; {FIX}") from e
+    md = {k.decode()[4:]: v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"cns.")}
+    if md.get("kind") != kind:
+        raise CorruptStateError(f"{source} is not a cns {kind} file (kind={md.get('kind')!r}); {FIX}")
+    if md.get("schema_version") != str(SCHEMA_VERSION):
+        raise CorruptStateError(
+            f"{source} has schema version {md.get('schema_version')!r}, this cns-ray reads {SCHEMA_VERSION}; "
+            "upgrade cns-ray or re-export the state"
+        )
+    return table, md
+
+
+def _column(table: pa.Table, name: str, source: str, check) -> pa.Array:
+    if name not in table.column_names:
+        raise CorruptStateError(f"{source} has no column {name!r} (columns: {table.column_names}); {FIX}")
+    col = table.column(name)
+    if not check(col.type):
+        raise CorruptStateError(f"{source}: column {name!r} has type {col.type}, which this schema does not allow; {FIX}")
+    if col.null_count:
+        raise CorruptStateError(f"{source}: column {name!r} has {col.null_count} null values; {FIX}")
+    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+
+
+def _json(md: dict[str, str], key: str, source: str):
+    try:
+        return json.loads(md[key])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CorruptStateError(f"{source}: metadata {key!r} is missing or not JSON ({e}); {FIX}") from e
+
+
+# ------------------------------------------------------------------ delta
+def encode_delta(delta: SparseDelta, value_dtype: str = "float16") -> bytes:
+    """SparseDelta -> delta.parquet bytes; values cast to ``value_dtype`` (refused if that makes them non-finite)."""
+    tdtype, patype = VALUE_DTYPES[value_dtype]
+    names = sorted(delta.layers)
+    idx_parts, val_parts, counts = [], [], {}
+    for code, n in enumerate(names):
+        d = delta.layers[n]
+        val = d.value.detach().cpu().to(tdtype)
+        bad = int((~torch.isfinite(val)).sum())
+        if bad:
+            raise DeltaValidationError(
+                [f"layer {n!r}: {bad} values are not finite as {value_dtype} (float16 max is 65504); "
+                 "use StoreConfig(value_dtype='float32') or fix the learning run"], source="delta to store")
+        idx_parts.append(d.index.detach().cpu().numpy().astype(np.uint32))
+        val_parts.append(val.numpy())
+        counts[n] = d.nnz
+    codes = np.concatenate([np.full(counts[n], c, dtype=np.int32) for c, n in enumerate(names)]) if names else np.zeros(0, np.int32)
+    table = pa.table({
+        "layer": pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(names, pa.string())),
+        "index": pa.array(np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.uint32), pa.uint32()),
+        "value": pa.array(np.concatenate(val_parts) if val_parts else np.zeros(0, np.float16 if value_dtype == "float16" else np.float32), patype),
+    })
+    meta = {"kind": "delta", "schema_version": str(SCHEMA_VERSION), "base_id": delta.base_id, "value_dtype": value_dtype,
+            "shapes": {n: list(s) for n, s in sorted(delta.shapes.items())}, "counts": counts}
+    return _to_bytes(table, meta, use_dictionary=["layer"], column_encoding={"index": "DELTA_BINARY_PACKED"})
+
+
+def decode_delta(data: bytes, source: str = "delta.parquet") -> SparseDelta:
+    table, md = _read(data, source, "delta")
+    value_dtype = md.get("value_dtype")
+    if value_dtype not in VALUE_DTYPES:
+        raise CorruptStateError(f"{source}: value dtype {value_dtype!r} is not float16 or float32; {FIX}")
+    shapes = {n: tuple(int(x) for x in s) for n, s in _json(md, "shapes", source).items()}
+    counts = {n: int(c) for n, c in _json(md, "counts", source).items()}
+    layer = _column(table, "layer", source, lambda t: pa.types.is_dictionary(t) or pa.types.is_string(t))
+    index = _column(table, "index", source, lambda t: t == pa.uint32()).to_numpy().astype(np.int64)
+    value = _column(table, "value", source, lambda t: t == VALUE_DTYPES[value_dtype][1]).to_numpy(zero_copy_only=False)
+    problems = []
+    if sum(counts.values()) != table.num_rows:
+        problems.append(f"metadata counts {sum(counts.values())} rows, the file has {table.num_rows}")
+    if missing := sorted(set(counts) - set(shapes)):
+        problems.append(f"layers {missing} have entries but no recorded shape")
+    if problems:
+        raise CorruptStateError(f"{source} is inconsistent: " + "; ".join(problems) + f"; {FIX}")
+    if not pa.types.is_dictionary(layer.type):
+        layer = pc.dictionary_encode(layer)
+    dictionary = layer.dictionary.to_pylist()
+    codes = layer.indices.to_numpy()
+    layers, start = {}, 0
+    for n, c in counts.items():
+        seg = codes[start:start + c]
+        if n not in dictionary or (c and not bool((seg == dictionary.index(n)).all())):
+            raise CorruptStateError(f"{source}: rows {start}..{start + c} are not all layer {n!r} as the metadata says; {FIX}")
+        layers[n] = LayerDelta(torch.from_numpy(index[start:start + c].copy()), torch.from_numpy(value[start:start + c].copy()))
+        start += c
+    delta = SparseDelta(base_id=md.get("base_id", ""), shapes=shapes, layers=layers)
+    p = delta.problems(shapes)
+    if p:
+        raise DeltaValidationError(p, source=source)
+    return delta
+
+
+def delta_nbytes(delta: SparseDelta, value_dtype: str = "float16") -> dict[str, float]:
+    """Stored size of ``delta``: ``{"bytes", "nnz", "bytes_per_entry"}`` (the figure the issue asks a test to report)."""
+    n = len(encode_delta(delta, value_dtype))
+    return {"bytes": n, "nnz": delta.nnz, "bytes_per_entry": n / max(delta.nnz, 1)}
+
+
+# ------------------------------------------------------------------ tokens
+def encode_tokens(tokens: dict[str, torch.Tensor]) -> bytes:
+    names = sorted(tokens)
+    dims = {tuple(tokens[t].shape) for t in names}
+    if len(dims) > 1 or any(len(d) != 1 for d in dims):
+        raise CorruptStateError(f"token embeddings must all be 1-D of one width [D], got shapes {sorted(dims)}")
+    dim = dims.pop()[0] if dims else 0
+    flat = np.concatenate([tokens[t].detach().cpu().float().numpy() for t in names]) if names else np.zeros(0, np.float32)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim) if names else pa.array([], pa.list_(pa.float32(), dim))
+    table = pa.table({"token": pa.array(names, pa.string()), "embedding": emb})
+    return _to_bytes(table, {"kind": "tokens", "schema_version": str(SCHEMA_VERSION), "dim": str(dim)})
+
+
+def decode_tokens(data: bytes, source: str = "tokens.parquet") -> dict[str, torch.Tensor]:
+    table, md = _read(data, source, "tokens")
+    names = _column(table, "token", source, pa.types.is_string).to_pylist()
+    emb = _column(table, "embedding", source, lambda t: pa.types.is_fixed_size_list(t) and t.value_type == pa.float32())
+    dim = emb.type.list_size
+    if str(dim) != md.get("dim"):
+        raise CorruptStateError(f"{source}: embedding width {dim} differs from metadata dim {md.get('dim')!r}; {FIX}")
+    flat = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(names), dim) if names else np.zeros((0, dim), np.float32)
+    if len(set(names)) != len(names):
+        raise CorruptStateError(f"{source}: duplicate tokens; {FIX}")
+    if not np.isfinite(flat).all():
+        bad = [names[i] for i in np.nonzero(~np.isfinite(flat).all(axis=1))[0]]
+        raise CorruptStateError(f"{source}: embeddings of {bad} are not finite; {FIX}")
+    for t in names:
+        validate_token(t)
+    return {t: torch.from_numpy(flat[i].copy()) for i, t in enumerate(names)}
+
+
+# ------------------------------------------------------------------ concepts
+_NEURONS = pa.list_(pa.struct([("layer", pa.string()), ("index", pa.list_(pa.uint32()))]))
+
+
+def encode_concepts(concepts: list[ConceptRecord]) -> bytes:
+    rows = [
+        [{"layer": n, "index": c.neurons[n].detach().cpu().numpy().astype(np.uint32)} for n in sorted(c.neurons)]
+        for c in concepts
+    ]
+    table = pa.table({
+        "name": pa.array([c.name for c in concepts], pa.string()),
+        "token": pa.array([c.token for c in concepts], pa.string()),
+        "class_word": pa.array([c.class_word for c in concepts], pa.string()),
+        "method": pa.array([c.method for c in concepts], pa.string()),
+        "neurons": pa.array(rows, _NEURONS),
+        "stats": pa.array([json.dumps(c.stats, sort_keys=True) for c in concepts], pa.string()),
+        "version_added": pa.array([c.version_added for c in concepts], pa.int64()),
+    })
+    return _to_bytes(table, {"kind": "concepts", "schema_version": str(SCHEMA_VERSION)},
+                     use_dictionary=["name", "token", "class_word", "method", "stats"])
+
+
+def decode_concepts(data: bytes, source: str = "concepts.parquet") -> list[ConceptRecord]:
+    table, _ = _read(data, source, "concepts")
+    s = pa.types.is_string
+    cols = {k: _column(table, k, source, s).to_pylist() for k in ("name", "token", "class_word", "method", "stats")}
+    neurons = _column(table, "neurons", source, lambda t: t == _NEURONS)
+    if "version_added" not in table.column_names:
+        raise CorruptStateError(f"{source} has no column 'version_added'; {FIX}")
+    added = table.column("version_added").to_pylist()
+    structs = neurons.flatten()  # one {layer, index} per (concept, layer)
+    layer_names = structs.field("layer").to_pylist()
+    idx_lists = structs.field("index")
+    offsets, flat = idx_lists.offsets.to_numpy(), idx_lists.flatten().to_numpy().astype(np.int64)
+    outer = neurons.offsets.to_numpy()
+    out = []
+    for i, name in enumerate(cols["name"]):
+        try:
+            stats = json.loads(cols["stats"][i])
+        except json.JSONDecodeError as e:
+            raise CorruptStateError(f"{source}: stats of concept {name!r} are not JSON ({e}); {FIX}") from e
+        rec = {}
+        for j in range(outer[i], outer[i + 1]):
+            ix = torch.from_numpy(flat[offsets[j]:offsets[j + 1]].copy())
+            if ix.numel() > 1 and not bool((ix[1:] > ix[:-1]).all()):
+                raise CorruptStateError(f"{source}: neurons of concept {name!r} in layer {layer_names[j]!r} are not sorted unique; {FIX}")
+            rec[layer_names[j]] = ix
+        if cols["method"][i] not in METHODS:
+            raise CorruptStateError(f"{source}: concept {name!r} has method {cols['method'][i]!r}, not one of {METHODS}; {FIX}")
+        validate_name(name, "concept")
+        validate_token(cols["token"][i])
+        out.append(ConceptRecord(name=name, token=cols["token"][i], class_word=cols["class_word"][i], neurons=rec,
+                                 method=cols["method"][i], stats=stats, version_added=added[i]))
+    return out
+
+
+# ------------------------------------------------------------------ general masks
+def encode_masks(masks: dict[str, torch.Tensor], meta: dict) -> bytes:
+    names = sorted(masks)
+    table = pa.table({
+        "layer": pa.array(names, pa.string()),
+        "out": pa.array([int(masks[n].shape[0]) for n in names], pa.uint32()),
+        "in": pa.array([int(masks[n].shape[1]) for n in names], pa.uint32()),
+        "bits": pa.array([pack_mask(masks[n].bool().cpu()).tobytes() for n in names], pa.binary()),
+    })
+    return _to_bytes(table, {"kind": "masks", "schema_version": str(SCHEMA_VERSION), "meta": meta})
+
+
+def decode_masks(data: bytes, source: str = "masks.parquet") -> tuple[dict[str, torch.Tensor], dict]:
+    table, md = _read(data, source, "masks")
+    names = _column(table, "layer", source, pa.types.is_string).to_pylist()
+    outs = _column(table, "out", source, lambda t: t == pa.uint32()).to_pylist()
+    ins = _column(table, "in", source, lambda t: t == pa.uint32()).to_pylist()
+    bits = _column(table, "bits", source, pa.types.is_binary).to_pylist()
+    masks = {}
+    for n, o, i, b in zip(names, outs, ins, bits):
+        try:
+            masks[n] = unpack_mask(np.frombuffer(b, dtype=np.uint8), (o, i))
+        except ValueError as e:
+            raise CorruptStateError(f"{source}: mask of layer {n!r}: {e}; {FIX}") from e
+    return masks, _json(md, "meta", source)

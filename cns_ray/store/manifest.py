@@ -1,0 +1,85 @@
+"""A tenant's manifest.json: every committed version and the head pointer. Replacing it is the commit point.
+
+A version's files that no manifest entry names are invisible (a crashed or losing committer's leftovers).
+Each entry records its files' sizes and sha256, so a reader detects a truncated or altered file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from cns_ray.errors import CorruptStateError, NotFoundError
+
+MANIFEST_SCHEMA = 1
+VERSION_FILES = ("delta.parquet", "tokens.parquet", "concepts.parquet")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def file_digest(data: bytes) -> dict:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@dataclass
+class VersionEntry:
+    version: int
+    parent: int | None
+    created_at: str
+    message: str
+    base_id: str
+    concepts: list[str]
+    tokens: list[str]
+    nnz: int
+    value_dtype: str
+    files: dict[str, dict]
+    """file name -> {"bytes": int, "sha256": hex}"""
+
+
+@dataclass
+class Manifest:
+    tenant: str
+    head: int | None = None
+    versions: list[VersionEntry] = field(default_factory=list)
+    moves: list[dict] = field(default_factory=list)
+    """Audit log of head moves: {"at", "head", "action"} (commit, rollback, delete)."""
+    schema_version: int = MANIFEST_SCHEMA
+
+    def entry(self, version: int) -> VersionEntry:
+        for e in self.versions:
+            if e.version == version:
+                return e
+        have = [e.version for e in self.versions]
+        raise NotFoundError(f"tenant {self.tenant!r} has no version {version} (versions: {have}); pick one from `cns concepts history`")
+
+    def next_version(self) -> int:
+        return max((e.version for e in self.versions), default=0) + 1
+
+    def moved(self, head: int, action: str) -> None:
+        self.head = head
+        self.moves.append({"at": now_iso(), "head": head, "action": action})
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> "Manifest":
+        try:
+            d = json.loads(data)
+            if d.get("schema_version") != MANIFEST_SCHEMA:
+                raise CorruptStateError(
+                    f"{source} has schema version {d.get('schema_version')!r}, this cns-ray reads {MANIFEST_SCHEMA}: upgrade cns-ray"
+                )
+            m = cls(tenant=d["tenant"], head=d["head"], versions=[VersionEntry(**e) for e in d["versions"]],
+                    moves=list(d.get("moves", [])), schema_version=d["schema_version"])
+        except CorruptStateError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CorruptStateError(f"{source} is not a valid manifest ({type(e).__name__}: {e}); restore it from a backup") from e
+        if m.head is not None and m.head not in {e.version for e in m.versions}:
+            raise CorruptStateError(f"{source}: head {m.head} is not one of its versions; restore it from a backup")
+        return m

@@ -1,0 +1,1 @@
+"""Ray job entrypoints (thin): ``python -m pipelines.calibrate``, ``python -m pipelines.learn``, ..."""

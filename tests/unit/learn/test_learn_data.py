@@ -1,0 +1,75 @@
+import pytest
+import torch
+from PIL import Image
+
+from cns_ray.data import example_concepts
+from cns_ray.errors import InputError
+from cns_ray.learn.data import load_concept, with_placeholder
+
+
+def _img(path, size=(40, 30), color=(200, 10, 10)):
+    Image.new("RGB", size, color).save(path)
+
+
+def test_load_sorted_resized_cropped_with_template_captions(tmp_path):
+    _img(tmp_path / "b.jpg", (40, 30), (0, 0, 255))
+    _img(tmp_path / "a.png", (30, 60), (255, 0, 0))
+    (tmp_path / "notes.md").write_text("ignored")
+    d = load_concept(tmp_path, "dog", "<rex>", resolution=16, augment=False)
+    assert d.files == ["a.png", "b.jpg"]
+    assert d.images.shape == (2, 3, 16, 16)
+    assert float(d.images.min()) >= -1 and float(d.images.max()) <= 1
+    assert d.images[0, 0].mean() > 0.9 and d.images[1, 2].mean() > 0.9  # red first, then blue
+    assert d.captions == ["a photo of a dog"] * 2
+    assert d.train_captions == ["a photo of a <rex> dog"] * 2
+
+
+def test_captions_file_and_sidecars(tmp_path):
+    for n in ("x", "y"):
+        _img(tmp_path / f"{n}.png")
+    (tmp_path / "x.txt").write_text("my dog on grass")
+    (tmp_path / "y.txt").write_text("portrait of a puppy")
+    d = load_concept(tmp_path, "dog", "<rex>", 8, augment=False)
+    assert d.train_captions == ["my <rex> dog on grass", "<rex> dog, portrait of a puppy"]
+    (tmp_path / "captions.txt").write_text("a Dog in snow\n\na dog at night\n")
+    assert load_concept(tmp_path, "dog", "<rex>", 8).train_captions == ["a <rex> Dog in snow", "a <rex> dog at night"]
+
+
+def test_placeholder_matches_whole_words_only():
+    assert with_placeholder("a hotdog stand", "<t>", "dog") == "<t> dog, a hotdog stand"
+    assert with_placeholder("my teddy bear, close up", "<t>", "teddy bear") == "my <t> teddy bear, close up"
+
+
+def test_augmentation_is_seeded(tmp_path):
+    for i in range(3):
+        Image.effect_noise((50, 50), 60).convert("RGB").save(tmp_path / f"{i}.png")
+    d = load_concept(tmp_path, "cat", "<c>", 32, augment=True)
+    assert d.images.shape[-1] == 36  # room for a small random crop
+    idx = torch.tensor([0, 1, 2, 0, 1, 2])
+    a = d.batch(idx, torch.Generator().manual_seed(5), augment=True)
+    b = d.batch(idx, torch.Generator().manual_seed(5), augment=True)
+    c = d.batch(idx, torch.Generator().manual_seed(6), augment=True)
+    assert a.shape == (6, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(InputError, match="0 images"):
+        load_concept(tmp_path, "dog", "<rex>", 16)
+    with pytest.raises(InputError, match="does not exist"):
+        load_concept(tmp_path / "missing", "dog", "<rex>", 16)
+    _img(tmp_path / "ok.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match="broken.jpg"):
+        load_concept(tmp_path, "dog", "<rex>", 16)
+    (tmp_path / "broken.jpg").unlink()
+    _img(tmp_path / "ok2.png")
+    with pytest.raises(InputError, match="1 non-empty caption"):
+        load_concept(tmp_path, "dog", "<rex>", 16, captions=["only one"])
+
+
+def test_bundled_examples():
+    ex = example_concepts()
+    assert set(ex) == {"toy", "mug", "sculpture", "backpack"}
+    for name, (folder, word) in ex.items():
+        d = load_concept(folder, word, f"<{name}>", 64, augment=False)
+        assert len(d) == 4 and all(f"<{name}> {word}" in c for c in d.train_captions)

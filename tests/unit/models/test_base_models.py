@@ -1,0 +1,57 @@
+"""Base models: the embedded tiny model is deterministic; diffusers folders round-trip with the same base_id."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cns_ray.errors import ModelLoadError
+from cns_ray.models import compute_base_id, load_base_model, save_base_model
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_tiny_is_deterministic(tiny_base):
+    again = load_base_model("tiny")
+    assert again.base_id == tiny_base.base_id
+    assert len(tiny_base.base_id) == 16
+    for part in ("unet", "text_encoder", "vae"):
+        assert _same_state(getattr(again, part), getattr(tiny_base, part)), part
+    assert again.tokenizer("a photo of a dog").input_ids == tiny_base.tokenizer("a photo of a dog").input_ids
+    assert tiny_base.resolution == 64
+
+
+def test_base_id_tracks_target_weights(fresh_tiny):
+    before = fresh_tiny.base_id
+    w = next(iter(fresh_tiny.target_weights().values()))
+    with torch.no_grad():
+        w[0, 0] += 1.0
+    assert compute_base_id(fresh_tiny.unet) != before
+
+
+def test_save_and_load_folder(tiny_base, tmp_path):
+    folder = save_base_model(tiny_base, tmp_path / "tiny-sd")
+    assert (folder / "model_index.json").exists()
+    loaded = load_base_model(str(folder))
+    assert loaded.base_id == tiny_base.base_id
+    assert loaded.source == str(folder)
+    assert _same_state(loaded.text_encoder, tiny_base.text_encoder)
+    assert loaded.tokenizer("a red car").input_ids == tiny_base.tokenizer("a red car").input_ids
+    assert loaded.target_shapes() == tiny_base.target_shapes()
+
+
+def test_folder_without_model_index_refused(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ModelLoadError, match="model_index.json"):
+        load_base_model(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="model_index.json"):
+        load_base_model(str(tmp_path / "does-not-exist"))
+
+
+def test_broken_folder_is_a_model_load_error(tmp_path):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}')
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_base_model(str(tmp_path))
