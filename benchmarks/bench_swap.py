@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio_rows.append([r[0], "failed", "failed", "failed"])
             continue
         ms = float(r[3].split()[0])
-        ratio_rows.append([r[0]] + [f"{ms / cns_ms[f]:.1f}x" for f in FRACTIONS])
+        ratio_rows.append([r[0]] + [f"{ms / cns_ms[f]:.1f}x" if ms >= cns_ms[f] else f"{ms / cns_ms[f]:.2f}x" for f in FRACTIONS])
     print(markdown_table(["LoRA method"] + [f"vs CNS {f:.1%}" for f in FRACTIONS], ratio_rows))
 
     rows, how = storage_rows(deltas, lora)

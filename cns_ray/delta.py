@@ -97,8 +97,14 @@ class SparseDelta:
         return {n: d.index for n, d in self.layers.items()}
 
     # ---------------------------------------------------------------- validation
-    def problems(self, shapes: Mapping[str, tuple[int, int]], base_id: str | None = None) -> list[str]:
-        """Every reason this delta cannot be applied to a base with these target ``shapes``; [] if none."""
+    def problems(
+        self, shapes: Mapping[str, tuple[int, int]], base_id: str | None = None, *, check_entries: bool = True
+    ) -> list[str]:
+        """Every reason this delta cannot be applied to a base with these target ``shapes``; [] if none.
+
+        ``check_entries=False`` checks base_id, layer names and shapes only (cost per layer, not per entry): for
+        a delta whose entries were already validated when it was loaded and that has not changed since.
+        """
         p: list[str] = []
         if base_id is not None and self.base_id != base_id:
             p.append(
@@ -117,12 +123,22 @@ class SparseDelta:
         for name, d in self.layers.items():
             if name not in self.shapes or name not in shapes:
                 continue
-            p.extend(_layer_problems(name, d, shapes[name]))
+            if check_entries:
+                p.extend(_layer_problems(name, d, shapes[name]))
+            elif d.index.dim() != 1 or d.index.numel() != d.value.numel():
+                p.append(f"layer {name!r}: {d.index.numel()} indices but {d.value.numel()} values")
         return p
 
-    def validate(self, shapes: Mapping[str, tuple[int, int]], base_id: str | None = None, source: str = "delta") -> None:
+    def validate(
+        self,
+        shapes: Mapping[str, tuple[int, int]],
+        base_id: str | None = None,
+        source: str = "delta",
+        *,
+        check_entries: bool = True,
+    ) -> None:
         """Raise :class:`DeltaValidationError` (or :class:`BaseMismatchError`) listing every problem."""
-        p = self.problems(shapes, base_id)
+        p = self.problems(shapes, base_id, check_entries=check_entries)
         if p:
             cls = BaseMismatchError if base_id is not None and self.base_id != base_id else DeltaValidationError
             raise cls(p, source=source)
@@ -189,9 +205,28 @@ class SparseDelta:
         return out
 
 
+def _layer_ok(d: LayerDelta, numel: int) -> bool:
+    """One cheap pass for the common case (valid); :func:`_layer_problems` explains a failure in detail."""
+    idx, val = d.index, d.value
+    if idx.dim() != 1 or val.dim() != 1 or idx.numel() != val.numel():
+        return False
+    if idx.dtype not in (torch.int64, torch.int32) or val.dtype not in ALLOWED_VALUE_DTYPES:
+        return False
+    if idx.numel() == 0:
+        return True
+    return (
+        int(idx[0]) >= 0
+        and int(idx[-1]) < numel
+        and bool((idx[1:] > idx[:-1]).all())
+        and bool(torch.isfinite(val).all())
+    )
+
+
 def _layer_problems(name: str, d: LayerDelta, shape: tuple[int, int]) -> list[str]:
     p: list[str] = []
     numel = shape[0] * shape[1]
+    if _layer_ok(d, numel):
+        return p
     idx, val = d.index, d.value
     if idx.dim() != 1 or val.dim() != 1:
         return [f"layer {name!r}: index and value must be 1-D, got {tuple(idx.shape)} and {tuple(val.shape)}"]
@@ -232,12 +267,16 @@ class Originals:
 
 
 @torch.no_grad()
-def apply_(weights: Mapping[str, torch.Tensor], delta: SparseDelta, base_id: str | None = None) -> Originals:
+def apply_(
+    weights: Mapping[str, torch.Tensor], delta: SparseDelta, base_id: str | None = None, *, check_entries: bool = True
+) -> Originals:
     """Validate against the live ``weights`` (name -> [out, in]), gather originals, add the delta in place.
 
-    Nothing is written if validation fails. Returns what :func:`restore_` needs.
+    Nothing is written if validation fails. Returns what :func:`restore_` needs. ``check_entries=False`` skips the
+    per-entry checks (sorted, unique, in range, finite) for a delta validated when it was loaded (the serving
+    cache): base_id, layer names and shapes are still checked.
     """
-    delta.validate({n: tuple(w.shape) for n, w in weights.items()}, base_id)
+    delta.validate({n: tuple(w.shape) for n, w in weights.items()}, base_id, check_entries=check_entries)
     originals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     try:
         for name, d in delta.layers.items():
@@ -259,9 +298,11 @@ def restore_(weights: Mapping[str, torch.Tensor], originals: Originals) -> None:
 
 
 @contextmanager
-def swapped(weights: Mapping[str, torch.Tensor], delta: SparseDelta, base_id: str | None = None) -> Iterator[None]:
+def swapped(
+    weights: Mapping[str, torch.Tensor], delta: SparseDelta, base_id: str | None = None, *, check_entries: bool = True
+) -> Iterator[None]:
     """``with swapped(w, d): ...`` applies ``d`` and always restores, on error and cancel too."""
-    originals = apply_(weights, delta, base_id)
+    originals = apply_(weights, delta, base_id, check_entries=check_entries)
     try:
         yield
     finally:

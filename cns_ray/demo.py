@@ -62,6 +62,10 @@ def _grid(rows: list[list[bytes]], path: Path) -> None:
 
     ims = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row] for row in rows]
     w, h = ims[0][0].size
+    if w < 128:  # small models: upscale (nearest) so a person can see the pixels
+        f = 128 // w
+        ims = [[im.resize((w * f, h * f), Image.NEAREST) for im in row] for row in ims]
+        w, h = w * f, h * f
     g = Image.new("RGB", (w * max(len(r) for r in ims), h * len(ims)), "white")
     for i, row in enumerate(ims):
         for j, im in enumerate(row):
@@ -95,7 +99,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     t0 = time.time()
 
     say(f"[1/5] Ray on 127.0.0.1; base model {cfg.base_model!r}; store {store_uri}")
-    init_ray(None, namespace="cns")
+    started = init_ray(None, namespace="cns") == "local"
     base = load_base_model(cfg.base_model)
     sel = SelectionConfig()
     info = general_masks_info(base, store, sel, num_actors=cfg.actors, progress=lambda d, t: say(f"      calibration shard {d}/{t} scored"))
@@ -122,6 +126,10 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     if cfg.serve:
         say("[5/5] serving over HTTP on 127.0.0.1")
         files += _serve_and_generate(cfg, store_uri, class_words, out, say)
+    if started:  # leave a Ray this process was already connected to as it was
+        import ray
+
+        ray.shutdown()
     say(f"done in {time.time() - t0:.0f} s; images in {out}")
     return {"versions": versions, "files": [str(f) for f in files], "store": store_uri}
 
@@ -142,7 +150,7 @@ def _learn_all(cfg: DemoConfig, store_uri: str, examples: dict, say) -> dict[str
     last = ""
     while True:
         st = [ray.get(sched.status.remote(j)) for j in jobs]
-        line = "  ".join(f"{s['tenant']}/{s['concept']}:{s['state']}" + (f" {s['step']}/{s['total']}" if s["state"] == "running" else "") for s in st)
+        line = "  ".join(f"{s['tenant']}/{s['concept']}:{_job_state(s)}" for s in st)
         if line != last:
             say("      " + line)
             last = line
@@ -159,6 +167,12 @@ def _learn_all(cfg: DemoConfig, store_uri: str, examples: dict, say) -> dict[str
         say(f"      tenant {tenant}: versions {vs} ({', '.join(DEMO_TENANTS[tenant])}, in order)")
     ray.kill(sched)
     return versions
+
+
+def _job_state(s: dict) -> str:
+    if s["state"] != "running":
+        return s["state"]
+    return f"step {s['step']}/{s['total']}" if s.get("total") else "starting"
 
 
 def _grids(cfg: DemoConfig, base, store, class_words: dict, out: Path, say) -> list[Path]:

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cns_ray.cli.concepts_cmds",  # concepts ..., store verify
     "cns_ray.cli.serve_cmds",  # serve, generate
     "cns_ray.cli.demo_cmd",  # demo
+    "cns_ray.cli.eval_cmd",  # eval
 )
 
 

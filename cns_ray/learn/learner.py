@@ -69,8 +69,13 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
 class CNSLearner:
     """Learns ``request`` on top of the tenant's state; :meth:`commit` writes the new version."""
 
-    def __init__(self, base, store, request: ConceptRequest, cfg: LearnerConfig, general: Masks | None = None, *, rank: int = 0):
+    def __init__(
+        self, base, store, request: ConceptRequest, cfg: LearnerConfig, general: Masks | None = None, *, rank: int = 0,
+        masks: Masks | None = None,
+    ):
         self.base, self.store, self.request, self.cfg, self.rank = base, store, request, cfg, rank
+        self.explicit_masks = masks
+        """Train exactly these entries (name -> bool [out, in]) instead of CNS's selection: baselines (cns_ray.eval)."""
         self.token: str = request.token  # set by ConceptRequest.__post_init__
         validate_name(request.tenant, "tenant")
         validate_name(request.concept, "concept")
@@ -157,10 +162,16 @@ class CNSLearner:
 
     def _setup_weights(self, general: Masks | None) -> None:
         base, sel_cfg = self.base, self.cfg.selection
-        if general is None:
-            general = select.general_masks_local(base, select.load_prompts(), sel_cfg)
         t0 = time.perf_counter()
-        self.selection = select.select_concept(base, self.data.captions, general, sel_cfg)
+        if self.explicit_masks is not None:
+            masks = self.explicit_masks
+            none = {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}
+            self.selection = select.Selection(base=masks, general=none, concept=masks)
+        else:
+            if general is None:
+                general = select.general_masks_local(base, select.load_prompts(), sel_cfg)
+            t0 = time.perf_counter()
+            self.selection = select.select_concept(base, self.data.captions, general, sel_cfg)
         self.select_seconds = time.perf_counter() - t0
         self.base_weights = {n: w.detach() for n, w in base.target_weights().items()}  # live, read-only [out, in]
         self.start_weights = dict(self.base_weights)

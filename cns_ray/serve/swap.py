@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cns_ray.delta import LayerDelta, SparseDelta, swapped
-from cns_ray.errors import InputError
+from cns_ray.errors import DeltaValidationError, InputError
 from cns_ray.serve.prompts import encode_prompt
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,12 @@ class ServedTenant:
             n: LayerDelta(ld.index.to(device=device, dtype=torch.int64), ld.value.to(device=device, dtype=dtype))
             for n, ld in d.layers.items()
         }
+        bad = [n for n, ld in layers.items() if not bool(torch.isfinite(ld.value).all())]
+        if bad:  # e.g. fp32 values that overflow the served dtype
+            raise DeltaValidationError(
+                [f"layer {n!r} has values that are not finite in {dtype} (overflow?): serve in float32" for n in bad],
+                source=f"tenant {state.tenant!r} version {state.version}",
+            )
         tokens = {t: v.detach().to(device=device, dtype=torch.float32) for t, v in state.tokens.items()}
         return cls(
             tenant=state.tenant,
@@ -113,7 +119,9 @@ def generate_images(
             return kwargs
 
     generator = torch.Generator(device="cpu").manual_seed(int(req.seed))
-    with swapped(weights, served.delta, base.base_id):
+    # Entries were validated once when the state was loaded (store.load + ServedTenant.from_state) and are
+    # immutable since: per request only base_id, layer names and shapes are re-checked.
+    with swapped(weights, served.delta, base.base_id, check_entries=False):
         out = pipe(
             prompt_embeds=cond.to(dtype),
             negative_prompt_embeds=uncond.to(dtype),

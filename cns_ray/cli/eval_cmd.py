@@ -1,0 +1,57 @@
+"""``cns eval``: the paper's protocol on the toy world (same code as ``python -m pipelines.evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="learn concept sequences with CNS and baselines; report alignment, forgetting, bytes")
+    add_eval_args(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    from cns_ray.eval.config import METHODS, EvalConfig
+
+    d = EvalConfig()
+    p.add_argument("--base-model", default=os.environ.get("CNS_BASE_MODEL", d.base_model))
+    p.add_argument("--metric-model", default=d.metric_model, help="'toy' (shipped), a toy-clip folder or a CLIP folder")
+    p.add_argument("--sequences", nargs="+", default=list(d.sequences))
+    p.add_argument("--concepts", type=int, default=None, help="first N concepts of each sequence (default: all)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--steps", type=int, default=d.steps, help="learning steps per concept (default %(default)s)")
+    p.add_argument("--n-gen", type=int, default=d.n_gen, help="images per prompt (default %(default)s)")
+    p.add_argument("--gen-steps", type=int, default=d.gen_steps)
+    p.add_argument("--prompts", type=int, default=d.prompts_per_concept, help="single-concept prompts per concept")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=d.out_dir)
+    p.add_argument("--local", action="store_true", help="no Ray: run every (method, sequence) in this process")
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a private local Ray)")
+    p.add_argument("--cpus-per-task", type=float, default=0.5)
+    p.add_argument("--base-only", action="store_true", help="only the base-model sanity check (caption ranking)")
+    p.add_argument("--sanity-n", type=int, default=40, help="captions for --base-only (default %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace):
+    from cns_ray.eval.config import EvalConfig
+
+    return EvalConfig(
+        base_model=args.base_model, metric_model=args.metric_model, sequences=tuple(args.sequences),
+        concepts_per_sequence=args.concepts, methods=tuple(args.methods), steps=args.steps, n_gen=args.n_gen,
+        gen_steps=args.gen_steps, prompts_per_concept=args.prompts, seed=args.seed, out_dir=args.out,
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cns_ray.eval.run import run_base_only, run_eval
+
+    cfg = config_from_args(args)
+    if args.base_only:
+        run_base_only(cfg, args.sanity_n, say=print)
+        return 0
+    summary = run_eval(cfg, local=args.local, address=args.address, cpus_per_task=args.cpus_per_task, say=print)
+    print(summary["markdown"])
+    print(f"outputs in {summary['out_dir']}: table.md, results.json, {len(summary['grids'])} grids")
+    return 0

@@ -1,0 +1,73 @@
+"""The evaluation configuration (typed, validated, passed whole)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from cns_ray.errors import ConfigError
+
+METHODS = ("cns", "naive", "random", "cns_noreg", "fusion")
+"""CNS; naive sequential fine-tune of all K/V weights; as many random neurons as CNS picks; CNS without L_reg;
+independent per-concept CNS deltas summed at the end (the fusion baseline)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation run of the paper's protocol on the toy world."""
+
+    base_model: str = "tiny"
+    """Base model spec (``tiny``, a diffusers folder or s3://)."""
+    metric_model: str = "toy"
+    """``toy`` (the shipped toy CLIP), a toy-clip folder, or a transformers CLIP folder."""
+    sequences: tuple[str, ...] = ("seq1", "seq2", "seq3")
+    """Concept sequences (cns_ray.world.concepts.SEQUENCES); sequences run in parallel on Ray."""
+    concepts_per_sequence: int | None = None
+    """Use only the first N concepts of each sequence (None = all)."""
+    methods: tuple[str, ...] = METHODS
+    steps: int = 150
+    """Learning steps per concept."""
+    batch_size: int = 4
+    token_lr: float = 5e-3
+    weight_lr: float = 5e-4
+    reg_lambda: float = 1.0
+    select_ratio: float = 0.1
+    n_ref: int = 6
+    """Reference images per concept."""
+    n_gen: int = 4
+    """Images generated per prompt (seeds seed..seed+n_gen-1)."""
+    prompts_per_concept: int = 2
+    """Single-concept prompts (contexts) per concept."""
+    gen_steps: int = 20
+    guidance: float = 4.0
+    seed: int = 0
+    out_dir: str = "eval-out"
+    """Where the table (table.md, results.json) and image grids (PNG) go."""
+
+    def __post_init__(self) -> None:
+        from cns_ray.world.concepts import SEQUENCES
+
+        p = []
+        bad = [s for s in self.sequences if s not in SEQUENCES]
+        if bad or not self.sequences:
+            p.append(f"sequences={self.sequences} must be a non-empty subset of {sorted(SEQUENCES)}")
+        badm = [m for m in self.methods if m not in METHODS]
+        if badm or not self.methods:
+            p.append(f"methods={self.methods} must be a non-empty subset of {METHODS}")
+        if self.concepts_per_sequence is not None and self.concepts_per_sequence < 1:
+            p.append(f"concepts_per_sequence={self.concepts_per_sequence} must be >= 1 or None")
+        for name in ("steps", "batch_size", "n_ref", "n_gen", "prompts_per_concept", "gen_steps"):
+            if getattr(self, name) < 1:
+                p.append(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0 < self.select_ratio <= 1:
+            p.append(f"select_ratio={self.select_ratio} must be in (0, 1]")
+        if p:
+            raise ConfigError("invalid EvalConfig: " + "; ".join(p))
+
+    def concepts(self, sequence: str) -> tuple[str, ...]:
+        from cns_ray.world.concepts import SEQUENCES
+
+        names = SEQUENCES[sequence]
+        return names if self.concepts_per_sequence is None else names[: self.concepts_per_sequence]
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,90 @@
+"""How each compared method learns one concept, on top of a tenant's state in a (local) concept store.
+
+All methods use :class:`cns_ray.learn.CNSLearner`'s training loop; they differ in which weights are trainable and
+in ``reg_lambda``. The fusion baseline learns every concept from the base model (its own tenant) and sums the
+deltas at the end (:meth:`SparseDelta.add`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from cns_ray import select
+from cns_ray.config import LearnerConfig, SelectionConfig
+from cns_ray.delta import SparseDelta
+from cns_ray.errors import InputError
+from cns_ray.eval.config import EvalConfig
+from cns_ray.learn import CNSLearner, ConceptRequest
+from cns_ray.neurons import Masks
+
+log = logging.getLogger(__name__)
+
+
+def learner_config(cfg: EvalConfig, method: str) -> LearnerConfig:
+    reg = 0.0 if method in ("naive", "cns_noreg") else cfg.reg_lambda
+    return LearnerConfig(
+        steps=cfg.steps, token_lr=cfg.token_lr, weight_lr=cfg.weight_lr, reg_lambda=reg, batch_size=cfg.batch_size,
+        augment=False,  # a flip would swap 'left' and 'right' in the captions
+        seed=cfg.seed, selection=SelectionConfig(select_ratio=cfg.select_ratio),
+    )
+
+
+def random_masks(like: Masks, seed: int) -> Masks:
+    """Per layer, as many uniformly random entries as ``like`` holds (the random-neuron baseline)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for n, m in like.items():
+        k = int(m.sum())
+        flat = torch.zeros(m.numel(), dtype=torch.bool)
+        flat[torch.randperm(m.numel(), generator=gen)[:k]] = True
+        out[n] = flat.view(m.shape)
+    return out
+
+
+def all_masks(base) -> Masks:
+    return {n: torch.ones(tuple(t.shape), dtype=torch.bool) for n, t in base.targets().items()}
+
+
+def tenant_for(method: str, sequence: str, concept: str) -> str:
+    """Store tenant: one per (method, sequence); the fusion baseline one per concept."""
+    return f"{method}-{sequence}-{concept}" if method == "fusion" else f"{method}-{sequence}"
+
+
+def learn_one(base, store, cfg: EvalConfig, method: str, sequence: str, concept, folder: str, general: Masks) -> dict:
+    """Learn ``concept`` with ``method``; commit; returns {tenant, version, seconds, nnz_new}."""
+    if method not in ("cns", "naive", "random", "cns_noreg", "fusion"):
+        raise InputError(f"unknown method {method!r}")
+    lcfg = learner_config(cfg, method)
+    tenant = tenant_for(method, sequence, concept.name)
+    req = ConceptRequest(tenant=tenant, concept=concept.name, class_word=concept.class_word, images=folder,
+                         token=concept.token)
+    masks = None
+    if method == "naive":
+        masks = all_masks(base)
+    elif method == "random":
+        from cns_ray.learn.data import load_concept
+
+        data = load_concept(folder, concept.class_word, concept.token, base.resolution, None, False)
+        cns_sel = select.select_concept(base, data.captions, general, lcfg.selection)
+        masks = random_masks(cns_sel.concept, seed=cfg.seed * 7919 + sum(map(ord, concept.name)))
+    learner = CNSLearner(base, store, req, lcfg, general, masks=masks)
+    while learner.step_index < learner.total_steps:
+        learner.step()
+    version = learner.commit()
+    return {"tenant": tenant, "version": version, "seconds": learner.seconds + learner.select_seconds,
+            "nnz_new": int(sum(i.numel() for i in learner.indices.values())),
+            "final_loss": learner.stats()["final_loss_mean10"]}
+
+
+def fused(states: list) -> tuple[SparseDelta, dict[str, torch.Tensor]]:
+    """The fusion baseline's served state: the sum of independent deltas and the union of their tokens."""
+    if not states:
+        raise InputError("fusion needs at least one learned state")
+    delta = states[0].delta
+    tokens = dict(states[0].tokens)
+    for s in states[1:]:
+        delta = delta.add(s.delta)
+        tokens.update(s.tokens)
+    return delta, tokens

@@ -1,0 +1,247 @@
+"""Train the embedded base model on the toy world (CPU, ~30-40 minutes on 2 cores; seed fixed).
+
+    python -m pipelines.train_base --out cns_ray/data/base/tiny-world [--minutes 35] [--steps 6000] [--seed 0]
+
+Stable Diffusion architecture at toy scale: an exact patch autoencoder (32x32 RGB <-> 8x8x48,
+:class:`cns_ray.models.patch_vae.PatchAutoencoder`), a ``UNet2DConditionModel`` with cross-attention at every level,
+a ``CLIPTextModel`` trained jointly and its own byte-level BPE tokenizer built from the world's captions. The UNet
+predicts x0 (``prediction_type="sample"``; epsilon prediction did not converge at this size here). EMA weights are
+saved as a diffusers folder every ``--save-every`` steps (fp16), so a partial run still yields a model; training
+state is kept beside it (``train_state.pt``) and a re-run with the same ``--out`` resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("train_base")
+
+RESOLUTION = 32
+PATCH = 4
+TEXT_DIM = 128
+MAX_TOKENS = 32
+"""Prompt length (tokens, with start/end): world captions take ~17; shorter than CLIP's 77 to save compute."""
+
+
+def build_tokenizer():
+    """Byte-level BPE on the world's words (deterministic), as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from cns_ray.world.scene import all_words, caption, sample_scenes
+
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=[bos, eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    corpus = [caption(s) for s in sample_scenes(2000, seed=12345)] + [" ".join(all_words())] * 20
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, unk_token=eos, model_max_length=MAX_TOKENS
+    )
+
+
+def build_components(tokenizer, seed: int):
+    """Fresh UNet, text encoder, patch autoencoder and schedulers (weights from ``seed``)."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cns_ray.models.patch_vae import PatchAutoencoder
+
+    torch.manual_seed(seed)
+    latent = 3 * PATCH * PATCH
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION // PATCH,
+        in_channels=latent,
+        out_channels=latent,
+        block_out_channels=(64, 128),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TEXT_DIM,
+            intermediate_size=2 * TEXT_DIM,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="sample",
+        clip_sample=True,
+        clip_sample_range=1.0,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return unet, text_encoder, PatchAutoencoder(patch_size=PATCH), scheduler
+
+
+def make_pipeline(unet, text_encoder, tokenizer, vae, scheduler):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_folder(out: Path, ema_unet, ema_text, tokenizer, vae, scheduler, meta: dict) -> None:
+    """Write the EMA weights as an fp16 diffusers folder, atomically (tmp folder + rename)."""
+    import shutil
+
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe = make_pipeline(copy.deepcopy(ema_unet).half(), copy.deepcopy(ema_text).half(), tokenizer, vae, scheduler)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "training.json").write_text(json.dumps(meta, indent=1))
+    keep = out / "train_state.pt"
+    if keep.exists():
+        shutil.move(str(keep), tmp / "train_state.pt")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def encode(tokenizer, ids_cache: dict, captions: list[str]) -> torch.Tensor:
+    missing = [c for c in captions if c not in ids_cache]
+    if missing:
+        ids = tokenizer(missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids_cache.update(zip(missing, ids))
+    return torch.stack([ids_cache[c] for c in captions])  # [B, T]
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    p = argparse.ArgumentParser(prog="python -m pipelines.train_base", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="diffusers folder to write (and resume from)")
+    p.add_argument("--steps", type=int, default=8000, help="max optimisation steps (default %(default)s)")
+    p.add_argument("--minutes", type=float, default=35.0, help="wall-clock budget; stops and saves when spent")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.995, help="EMA decay (ramped up from 0)")
+    p.add_argument("--images", type=int, default=6000, help="world images rendered once (seeded)")
+    p.add_argument("--dropout", type=float, default=0.1, help="caption dropout (for classifier-free guidance)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--log-every", type=int, default=25)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    torch.set_num_threads(args.threads)
+    from diffusers import DDPMScheduler
+
+    from cns_ray.world.dataset import to_tensor, world_samples
+
+    out = Path(args.out)
+    t_start = time.monotonic()
+    tokenizer = build_tokenizer()
+    unet, text_encoder, vae, scheduler = build_components(tokenizer, args.seed)
+    noise_sched = DDPMScheduler.from_config(scheduler.config)
+    samples = world_samples(args.images, seed=args.seed + 1, resolution=RESOLUTION)
+    latents_all = vae.encode(to_tensor([s.image for s in samples])).latent_dist.mean  # [N, 48, 8, 8]
+    captions = [s.caption for s in samples]
+    log.info("world: %d images rendered in %.1fs; vocab %d; unet %.2fM params, text %.2fM",
+             len(samples), time.monotonic() - t_start, len(tokenizer),
+             sum(x.numel() for x in unet.parameters()) / 1e6, sum(x.numel() for x in text_encoder.parameters()) / 1e6)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    step, losses = 0, []
+    state_file = out / "train_state.pt"
+    if state_file.exists():
+        st = torch.load(state_file, weights_only=False)
+        unet.load_state_dict(st["unet"]), text_encoder.load_state_dict(st["text"])
+        ema_unet.load_state_dict(st["ema_unet"]), ema_text.load_state_dict(st["ema_text"])
+        opt.load_state_dict(st["opt"])
+        step, losses = st["step"], st["losses"]
+        log.info("resumed from step %d", step)
+    ema_pairs = list(zip(list(ema_unet.parameters()) + list(ema_text.parameters()), params))
+    empty = tokenizer([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids[0]
+    ids_cache: dict = {}
+    deadline = t_start + args.minutes * 60
+    t0, s0 = time.monotonic(), step
+
+    def checkpoint(final: bool = False) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+                    "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step, "losses": losses}, state_file)
+        meta = {"step": step, "seed": args.seed, "batch": args.batch, "lr": args.lr, "images": args.images,
+                "loss_last100": float(np.mean(losses[-100:])) if losses else None, "final": final}
+        save_folder(out, ema_unet, ema_text, tokenizer, vae, scheduler, meta)
+        log.info("saved %s at step %d", out, step)
+
+    while step < args.steps and time.monotonic() < deadline:
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        pick = torch.randint(0, len(samples), (args.batch,), generator=gen)
+        x0 = latents_all[pick]  # [B, 48, 8, 8]
+        ids = encode(tokenizer, ids_cache, [captions[i] for i in pick.tolist()])  # [B, T]
+        drop = torch.rand(args.batch, generator=gen) < args.dropout
+        ids[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch,), generator=gen)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        cond = text_encoder(ids)[0]  # [B, T, 128]
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample  # [B, 48, 8, 8]
+        loss = F.mse_loss(pred, x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        losses.append(float(loss))
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, q in ema_pairs:
+                e.mul_(decay).add_(q.detach(), alpha=1 - decay)
+        if step % args.log_every == 0:
+            rate = (time.monotonic() - t0) / (step - s0)
+            left = min((args.steps - step) * rate, deadline - time.monotonic())
+            log.info("step %d loss %.4f (mean25 %.4f) lr %.2e %.2fs/step, ~%.0fs left",
+                     step, losses[-1], float(np.mean(losses[-25:])), lr, rate, max(left, 0))
+        if step % args.save_every == 0:
+            checkpoint()
+    checkpoint(final=True)
+    log.info("done: %d steps in %.1f min", step, (time.monotonic() - t_start) / 60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""`cns demo`, the README's main job, end to end on local Ray (reduced steps)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from cns_ray.config import StoreConfig
+from cns_ray.demo import DEMO_TENANTS, DemoConfig, run_demo
+from cns_ray.store import ConceptStore
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_learns_two_tenants_in_order_and_serves_over_http(ray_local, tmp_path):
+    lines: list[str] = []
+    summary = run_demo(DemoConfig(out_dir=str(tmp_path), steps=3, actors=2, gen_steps=2), say=lines.append)
+
+    assert summary["versions"] == {"acme": [1, 2], "bravo": [1, 2]}
+    store = ConceptStore(StoreConfig(uri=summary["store"]))
+    for tenant, concepts in DEMO_TENANTS.items():
+        hist = store.history(tenant)
+        assert [h.version for h in hist] == [1, 2]
+        assert hist[1].parent == 1  # concept 2 was learned on top of concept 1
+        assert store.load(tenant).tokens.keys() == {f"<{c}>" for c in concepts}
+        assert [c.name for c in store.load(tenant).concepts] == list(concepts)
+    files = summary["files"]
+    assert len(files) == 2 + 2 * 3  # two grids + three HTTP generations per tenant
+    for f in files:
+        with Image.open(f) as im:
+            assert im.format == "PNG"
+    grid = Image.open(tmp_path / "acme_before_after.png")
+    assert grid.size == (3 * 128, 3 * 128)  # 3 versions x 3 prompts, 64 px tiles shown at 2x
+    text = "\n".join(lines)
+    assert "general neurons" in text and "concept neurons" in text and "from cache" not in text
