@@ -88,12 +88,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         refresh_ttl_s=args.refresh_ttl,
         max_tenants_per_replica=args.max_tenants,
     )
-    loopback = args.host in ("127.0.0.1", "localhost")
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address="local", include_dashboard=False, **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
+    from cns_ray.jobs.ray_env import init_ray
+
+    # A new local Ray binds 127.0.0.1 only; --address attaches to a cluster (RAY_ADDRESS under `ray job submit`).
+    init_ray(args.address or "local")
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(cfg), name="cns", route_prefix="/", blocking=False)
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', 'localhost') else args.host}:{args.port}"

@@ -115,6 +115,9 @@ class Generator:
     """Serve deployment around :class:`GeneratorCore`; tenant = multiplexed model id."""
 
     def __init__(self, config: dict):
+        from cns_ray.serve.loopback import keep_replica_grpc_on_loopback
+
+        keep_replica_grpc_on_loopback()
         cfg = ServingConfig.from_dict(config)
         self.core = GeneratorCore(cfg)
 

@@ -189,8 +189,10 @@ def _version_json(v) -> dict:
 class Ingress:
     def __init__(self, generator, config: dict):
         from cns_ray.config import StoreConfig
+        from cns_ray.serve.loopback import keep_replica_grpc_on_loopback
         from cns_ray.store import ConceptStore
 
+        keep_replica_grpc_on_loopback()
         self.cfg = ServingConfig.from_dict(config)
         self.gen = generator
         self.keys = KeyRing.from_config(self.cfg.keys_file, self.cfg.api_keys, self.cfg.admin_key_sha256, self.cfg.read_env_keys)

@@ -290,3 +290,25 @@ def test_learn_route_submits_a_job_the_tenant_alone_can_see(app):
     assert [x["name"] for x in c.get("/v1/concepts", headers=h).json()["concepts"]] == ["pup"]
     gen = post_gen(c, "learner", "a photo of <pup> dog")
     assert gen.status_code == 200 and gen.headers["X-CNS-Version"] == "1"
+
+
+def test_every_listener_of_the_app_is_loopback(app):
+    """Serve replicas start an internal gRPC server on all interfaces by default; ours stay on 127.0.0.1."""
+    import psutil
+
+    assert app["client"].get("/healthz").status_code == 200
+    me = psutil.Process()
+    listening: dict[str, set[str]] = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            name = " ".join(p.cmdline())[:60]
+            ips = {c.laddr.ip for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        except (psutil.Error, OSError):
+            continue
+        if ips:
+            listening[name] = ips
+    replicas = [n for n in listening if "ServeReplica:cns:" in n]
+    assert len(replicas) >= 2, listening  # the ingress and the generator
+    loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+    exposed = {n: ips - loopback for n, ips in listening.items() if ips - loopback}
+    assert not exposed, f"listening beyond loopback: {exposed}"
