@@ -140,12 +140,13 @@ def run_worker(model: str, method: str, steps: int, warmup: int, quick: bool, ma
             trainable = learner.trainable_tensors()
         rss0 = _status_kb("VmRSS")
         reset = _reset_peak()
-        times = []
+        times, cpu = [], []
         for i in range(warmup + steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             learner.step()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
         peak = _status_kb("VmHWM")
     return {
         "model": model,
@@ -156,6 +157,7 @@ def run_worker(model: str, method: str, steps: int, warmup: int, quick: bool, ma
         "trainable": int(sum(t.numel() for t in trainable)),
         "step_s": statistics.median(times),
         "step_s_all": times,
+        "cpu_s": statistics.median(cpu),
         "rss_before_kb": rss0,
         "peak_kb": peak,
         "peak_reset": reset,
@@ -203,13 +205,14 @@ def table(results: list[dict]) -> str:
             label,
             f"{r['trainable']:,}",
             f"{r['step_s'] * 1e3:.0f} (min {min(r['step_s_all']) * 1e3:.0f})",
-            f"{ratio(r['step_s'], dense['step_s'])} / {ratio(r['step_s'], lora['step_s'])}",
+            f"{r['cpu_s'] * 1e3:.0f}",
+            f"{ratio(r['cpu_s'], dense['cpu_s'])} / {ratio(r['cpu_s'], lora['cpu_s'])}",
             f"{fmt_bytes(peak)} (RSS {r['peak_kb'] / 1e6:.2f} GB)",
             f"{ratio(peak, ref_peak[0])} / {ratio(peak, ref_peak[1])}",
             fmt_bytes(r["opt_bytes"]),
             f"{ratio(r['opt_bytes'], dense['opt_bytes'])} / {ratio(r['opt_bytes'], lora['opt_bytes'])}",
         ])
-    headers = ["model", "method", "trainable", "step ms (median)", "time vs dense / LoRA", "step peak over start",
+    headers = ["model", "method", "trainable", "step wall ms (median)", "step CPU ms (median)", "CPU time vs dense / LoRA", "step peak over start",
                "peak vs dense / LoRA", "Adam state", "state vs dense / LoRA"]
     return markdown_table(headers, rows)
 
@@ -245,7 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"- {args.steps} timed steps after {args.warmup} warm-up per method, each method in a fresh process; "
           f"total {time.perf_counter() - t0:.0f} s")
     print("- step peak over start: peak RSS over warm-up + timed steps (VmHWM reset via /proc/self/clear_refs) minus "
-          "RSS before the first step; Adam state: sum of exp_avg + exp_avg_sq bytes\n")
+          "RSS before the first step; Adam state: sum of exp_avg + exp_avg_sq bytes")
+    print("- step CPU ms = process CPU time of the step (1 torch thread): less sensitive than wall time to other "
+          "processes on the machine, so the ratios use it\n")
     print(table(results))
 
 

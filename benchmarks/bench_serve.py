@@ -105,7 +105,7 @@ def bench_swap_tiny(base, reps: int) -> list[list]:
     return [[
         f"tiny model, {state.delta.nnz:,} entries ({state.delta.nnz / total:.0%} of K/V)",
         f"{SIZE}x{SIZE}, {STEPS} steps, guidance {GUIDANCE}: generate_images {fmt_ms(gen)} (base only {fmt_ms(plain)})",
-        fmt_ms(sw), f"{sw / gen:.1%}",
+        fmt_ms(sw), f"{sw / gen:.3%}",
     ]]
 
 

@@ -57,9 +57,9 @@ def vocabulary(captions: list[str]) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.train_metric", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--images", type=int, default=12000)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--images", type=int, default=6000)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         if step % 50 == 0:
             acc = float((logits.argmax(1) == torch.arange(len(pick))).float().mean())
-            log.info("step %d loss %.3f batch-acc %.2f (%.0fs)", step, float(loss), acc, time.monotonic() - t0)
+            log.info("step %d loss %.3f batch-acc %.2f (%.0fs)", step, float(loss.detach()), acc, time.monotonic() - t0)
     model.eval()
     model.save(args.out)
     log.info("saved %s", args.out)

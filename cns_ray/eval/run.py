@@ -30,9 +30,14 @@ def run_eval(cfg: EvalConfig, *, local: bool = False, address: str | None = None
     units = [(m, s) for s in cfg.sequences for m in cfg.methods]
     say(f"evaluating {len(units)} (method, sequence) runs: {cfg.methods} x {cfg.sequences}, {cfg.steps} steps/concept")
     if local:
+        from cns_ray.eval.harness import run_sequence
+        from cns_ray.eval.metric_model import load_metric_model
+        from cns_ray.models import load_base_model
+
+        base, metric = load_base_model(cfg.base_model), load_metric_model(cfg.metric_model)
         results = []
         for m, s in units:
-            results.append(_unit(cfg, m, s))
+            results.append(run_sequence(base, metric, cfg, m, s))
             say(f"  done {m}/{s}")
     else:
         import ray

@@ -106,6 +106,7 @@ def build_tiny_pipeline(seed: int = TINY_SEED):
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
