@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import build_unet  # noqa: F401  (also sets the offline environment)
+from benchmarks.common import build_unet  # also sets the offline environment
 from cns_ray.jobs.calibrate import Scorer
 from cns_ray.targets import target_specs
 

@@ -135,6 +135,38 @@ def save_folder(out: Path, ema_unet, ema_text, tokenizer, vae, scheduler, meta: 
     tmp.rename(out)
 
 
+REFERENCE_PROMPTS = (
+    "a large plain red circle shape at the center on a white background",
+    "a large striped blue square shape at the left on a black background",
+    "a small plain yellow triangle shape at the right on a grey background",
+)
+REFERENCE_STEPS = 10
+
+
+def reference_images(folder: str | Path):
+    """Images of REFERENCE_PROMPTS (seed i, 10 DDIM steps, guidance 4) from ``folder``, fp32: uint8 [3, R, R, 3]."""
+    import cns_ray.models.patch_vae  # noqa: F401  (registers the autoencoder class for from_pretrained)
+    from cns_ray.eval.generate import generate
+    from cns_ray.models import load_base_model
+
+    base = load_base_model(str(folder))
+    imgs = np.concatenate([generate(base, None, {}, p, 1, i, REFERENCE_STEPS, 4.0) for i, p in enumerate(REFERENCE_PROMPTS)])
+    return base.base_id, imgs
+
+
+def record_reference(folder: Path) -> dict:
+    """Write reference.json + reference_{i}.png (base_id, generations) that tests compare a load against."""
+    from PIL import Image
+
+    base_id, imgs = reference_images(folder)
+    for i, img in enumerate(imgs):
+        Image.fromarray(img).save(folder / f"reference_{i}.png")
+    ref = {"base_id": base_id, "prompts": list(REFERENCE_PROMPTS), "steps": REFERENCE_STEPS, "guidance": 4.0,
+           "seeds": list(range(len(REFERENCE_PROMPTS)))}
+    (folder / "reference.json").write_text(json.dumps(ref, indent=1))
+    return ref
+
+
 def encode(tokenizer, ids_cache: dict, captions: list[str]) -> torch.Tensor:
     missing = [c for c in captions if c not in ids_cache]
     if missing:
@@ -161,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads; on a shared 2-core machine 2 threads ran 30x slower than 1 (OpenMP spin-waits)")
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--record-only", action="store_true", help="only (re)write the reference outputs of --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    if args.record_only:
+        log.info("reference: %s", record_reference(Path(args.out)))
+        return 0
     torch.set_num_threads(args.threads)
     from diffusers import DDPMScheduler
 
@@ -240,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.save_every == 0:
             checkpoint()
     checkpoint(final=True)
+    log.info("reference: %s", record_reference(out))
     log.info("done: %d steps in %.1f min", step, (time.monotonic() - t_start) / 60)
     return 0
 

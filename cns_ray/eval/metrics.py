@@ -47,13 +47,13 @@ def caption_rank_accuracy(model, images, captions: list[str], k: int = 10, seed:
         raise InputError(f"caption ranking among {k} needs >= {k} distinct captions, got {len(distinct)}")
     rng = np.random.default_rng(seed)
     img = model.embed_images(images)  # [N, D]
-    hits = 0
-    for i, cap in enumerate(captions):
+    cands = []
+    for cap in captions:
         others = [c for c in distinct if c != cap]
-        cands = [cap] + [others[j] for j in rng.choice(len(others), k - 1, replace=False)]
-        scores = model.embed_texts(cands) @ img[i]  # [k]
-        hits += int(int(torch.argmax(scores)) == 0)
-    return hits / len(captions)
+        cands += [cap] + [others[j] for j in rng.choice(len(others), k - 1, replace=False)]
+    txt = model.embed_texts(cands).view(len(captions), k, -1)  # [N, k, D]
+    scores = (txt * img.unsqueeze(1)).sum(-1)  # [N, k]
+    return float((scores.argmax(1) == 0).float().mean())
 
 
 def attribute_accuracy(model, images, scenes) -> dict[str, float]:
@@ -66,9 +66,8 @@ def attribute_accuracy(model, images, scenes) -> dict[str, float]:
     out = {}
     for attr, values in options.items():
         values = list(values)
-        hits = 0
-        for i, s in enumerate(scenes):
-            caps = [caption(type(s)(**{**s.to_dict(), attr: v})) for v in values]
-            hits += int(values[int(torch.argmax(model.embed_texts(caps) @ img[i]))] == getattr(s, attr))
-        out[attr] = hits / len(scenes)
+        caps = [caption(type(s)(**{**s.to_dict(), attr: v})) for s in scenes for v in values]
+        txt = model.embed_texts(caps).view(len(scenes), len(values), -1)  # [N, V, D]
+        best = (txt * img.unsqueeze(1)).sum(-1).argmax(1)  # [N]
+        out[attr] = float(np.mean([values[int(b)] == getattr(s, attr) for b, s in zip(best, scenes)]))
     return out

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import logging
 
+import cns_ray.models.patch_vae  # noqa: F401  (diffusers folders saved with the patch autoencoder name its module)
+
 from cns_ray.eval.config import EvalConfig
 
 log = logging.getLogger(__name__)

@@ -103,7 +103,7 @@ def reference_scenes(concept: Concept, n: int = 6, seed: int = 0) -> list[Scene]
     for i in order[:n]:
         size, pos, bg = combos[int(i)]
         jitter = (float(rng.uniform(-1.5, 1.5)), float(rng.uniform(-1.5, 1.5)))
-        out.append(Scene(concept.shape if concept.shape in SHAPES else "circle", "red", size, "plain", pos, bg, jitter))
+        out.append(Scene(concept.shape, "red", size, "plain", pos, bg, jitter))  # colour/texture unused: the pattern draws
     return out
 
 

@@ -1,0 +1,41 @@
+"""The shipped base model trained on the toy world (cns_ray/data/base/tiny-world): loads offline, keeps its
+recorded base_id, and regenerates its recorded reference images within tolerance."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cns_ray.data import data_path
+
+FOLDER = data_path("base", "tiny-world")
+
+pytestmark = pytest.mark.skipif(not (FOLDER / "reference.json").exists(), reason="tiny-world weights not shipped")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return json.loads((FOLDER / "reference.json").read_text())
+
+
+def test_loads_offline_with_its_recorded_base_id(reference):
+    import cns_ray.models.patch_vae  # noqa: F401
+    from cns_ray.models import load_base_model
+
+    base = load_base_model(str(FOLDER))
+    assert base.base_id == reference["base_id"]
+    assert base.resolution == 32
+    assert base.pipeline.scheduler.config.prediction_type == "sample"
+
+
+def test_generations_match_recorded_references(reference):
+    from PIL import Image
+
+    from pipelines.train_base import REFERENCE_PROMPTS, reference_images
+
+    assert list(REFERENCE_PROMPTS) == reference["prompts"]
+    _, imgs = reference_images(FOLDER)
+    for i, img in enumerate(imgs):
+        want = np.asarray(Image.open(FOLDER / f"reference_{i}.png").convert("RGB")).astype(int)
+        diff = np.abs(img.astype(int) - want)
+        assert diff.mean() < 2.0 and diff.max() < 40, (i, diff.mean(), diff.max())
