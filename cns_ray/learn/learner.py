@@ -2,11 +2,14 @@
 
 Trainable state is only (a) the new placeholder token's embedding, a ``[D]`` vector spliced into the embedding
 lookup of a private copy of the text encoder, and (b) per target layer a values vector on the concept's selected
-entries. The shared base UNet is never written: each forward runs it through ``torch.func.functional_call`` with
-``W = W_start.index_put(selected, values)`` for the target layers, so gradients reach only the values vectors and
-Adam state exists only for them. ``W_start`` is the tenant's current weights ``W_base + delta^(m-1)``.
-(``functional_call`` swaps parameter objects on the module for the duration of a forward, without writing their
-data: do not run another forward of the same UNet object from another thread meanwhile.)
+entries. The shared base UNet is never written: for the duration of the learner's forward its target linears are
+routed (:func:`~cns_ray.learn.sparse_linear.patched_linears`) through
+:class:`~cns_ray.learn.sparse_linear.SparseDeltaLinear`, i.e. ``F.linear(x, W_start.index_put(selected, values))``
+with the patched weight built only transiently per layer (no dense weight copies held between forward and
+backward), so gradients reach only the values vectors and Adam state exists only for them. ``W_start`` is the
+tenant's current weights ``W_base + delta^(m-1)``. (The patch sets an instance ``forward`` on the target modules
+for one forward, without writing their weights: do not run another forward of the same UNet object from another
+thread meanwhile.)
 
 Randomness (image sampling, augmentation, VAE sampling, noise, timesteps) is drawn from a generator seeded from
 ``(cfg.seed, rank, step_index)``, so resuming from :meth:`CNSLearner.state_dict` repeats a run exactly.
@@ -23,7 +26,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from cns_ray import select
 from cns_ray.config import LearnerConfig
@@ -31,6 +33,7 @@ from cns_ray.delta import SparseDelta
 from cns_ray.errors import CNSError, InputError, NotFoundError
 from cns_ray.learn.data import ConceptData, load_concept
 from cns_ray.learn.regularizer import l_reg, overlap_mask, reg_targets
+from cns_ray.learn.sparse_linear import patched_linears
 from cns_ray.models.text import add_placeholder_token
 from cns_ray.neurons import Masks, indices_to_mask, mask_to_indices
 from cns_ray.store import ConceptRecord, TenantState, validate_name, validate_token
@@ -208,7 +211,9 @@ class CNSLearner:
         return [self.token_embedding, *self.values.values()]
 
     def current_weights(self) -> dict[str, torch.Tensor]:
-        """The weights the UNet runs with, for the overridden layers: name -> [out, in] (differentiable in values)."""
+        """The weights the UNet runs with, for the overridden layers: name -> [out, in] (differentiable in values).
+
+        Dense copies: for :meth:`result` and inspection; the training forward does not build these."""
         out = {}
         for n in self._override:
             w = self.start_weights[n]
@@ -217,6 +222,15 @@ class CNSLearner:
                 w = flat.view(w.shape)
             out[n] = w
         return out
+
+    def _patched_unet(self):
+        """Context: the UNet's overridden target linears run with ``W_start`` (+ values on the concept neurons)."""
+        unet = self.base.unet
+        return patched_linears(
+            {n: unet.get_submodule(n) for n in self._override},
+            {n: self.start_weights[n] for n in self._override},
+            {n: (self.indices[n], self.values[n]) for n in self._override if n in self.values},
+        )
 
     def _noise_loss(self, pixels: torch.Tensor, ids: torch.Tensor, gen: torch.Generator, t: torch.Tensor | None = None) -> torch.Tensor:
         """Noise-prediction MSE. pixels [B, 3, R, R] in [-1, 1]; ids [B, T]; draws from ``gen`` (CPU)."""
@@ -231,8 +245,8 @@ class CNSLearner:
         t = t.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         cond = self.text_encoder(ids.to(self.device))[0]  # [B, T, D]
-        params = {f"{n}.weight": w for n, w in self.current_weights().items()}
-        pred = functional_call(unet, params, (noisy.to(unet.dtype), t), {"encoder_hidden_states": cond.to(unet.dtype)}).sample
+        with self._patched_unet():
+            pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
         kind = self.noise_scheduler.config.prediction_type
         if kind == "epsilon":
             target = noise

@@ -184,6 +184,26 @@ def _version_json(v) -> dict:
 
 
 # Everything the routes use is defined above this class: Serve pickles the class when it is decorated.
+def _export_zip(store, tenant: str, version: int | None) -> tuple[bytes, int]:
+    """store.export into a temporary folder, zipped in memory (a version is a few MB at most)."""
+    import io
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    if store.head(tenant) is None:
+        raise ApiError(404, "not_found", f"tenant {tenant!r} has no versions yet: learn a concept first")
+    v = version if version is not None else store.head(tenant)
+    with tempfile.TemporaryDirectory() as d:
+        store.export(tenant, d, v)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # Parquet files are already compressed
+            for f in sorted(Path(d).rglob("*")):
+                if f.is_file():
+                    z.write(f, f.relative_to(d).as_posix())
+    return buf.getvalue(), v
+
+
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
 @serve.ingress(app)
 class Ingress:
@@ -260,6 +280,14 @@ class Ingress:
     def history(self, request: Request):
         who = self._who(request)
         return {"tenant": who.tenant, "versions": [_version_json(v) for v in self.store.history(who.tenant)]}
+
+    @app.get("/v1/concepts/export")
+    async def export(self, request: Request, version: int | None = None):
+        """One version of the tenant (head by default) as a zip: its Parquet files + a manifest excerpt."""
+        who = self._who(request)
+        data, v = await asyncio.to_thread(_export_zip, self.store, who.tenant, version)
+        name = f"{who.tenant}-v{v}.zip"
+        return Response(content=data, media_type="application/zip", headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.post("/v1/concepts/rollback")
     async def rollback(self, request: Request, body: RollbackRequest):

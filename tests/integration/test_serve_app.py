@@ -312,3 +312,24 @@ def test_every_listener_of_the_app_is_loopback(app):
     loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
     exposed = {n: ips - loopback for n, ips in listening.items() if ips - loopback}
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_export_route_gives_the_tenants_own_version_as_a_zip(app, tmp_path):
+    import io
+    import zipfile
+
+    from cns_ray.store import load_export
+
+    c = app["client"]
+    r = c.get("/v1/concepts/export", headers={"Authorization": f"Bearer {key('t1')}"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+        assert {"manifest.json", "delta.parquet", "tokens.parquet", "concepts.parquet"} <= set(z.namelist())
+        z.extractall(tmp_path)
+    exported = load_export(str(tmp_path))  # checksums and contents checked
+    head = app["store"].load("t1")
+    assert exported.tenant == "t1" and exported.version == head.version
+    assert exported.tokens.keys() == head.tokens.keys()
+    missing = c.get("/v1/concepts/export", params={"version": 999}, headers={"Authorization": f"Bearer {key('t1')}"})
+    assert missing.status_code == 404 and "999" in missing.json()["error"]["message"]
+    assert c.get("/v1/concepts/export").status_code == 401
