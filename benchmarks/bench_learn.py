@@ -6,8 +6,8 @@
 Every (model, method) runs in a fresh subprocess (``--worker``) so memory figures do not mix. All three methods
 train the same placeholder token (Adam, lr 5e-4) through the same :meth:`cns_ray.learn.CNSLearner.step` (same
 data, augmentation, VAE encode, text encoder, noise loss); only the UNet side differs:
-- ``cns``: the learner as built: Adam on the concept neurons' values only; the UNet runs through
-  ``functional_call`` with ``W_start.index_put(idx, values)`` per target layer, plus L_reg;
+- ``cns``: the learner as built: Adam on the concept neurons' values only; each target K/V layer runs
+  ``cns_ray.learn.sparse_linear.SparseDeltaLinear`` (``W_start.index_put(idx, values)`` only inside its forward), plus L_reg;
 - ``dense``: every attn2.to_k/to_v weight trainable in place (Adam, lr 3e-5), plain forward;
 - ``lora``: peft ``LoraConfig(r=4, lora_alpha=4)`` injected into the same attn2.to_k/to_v modules (Adam, lr 1e-4).
 The tenant has no earlier concepts. Models: ``tiny`` (native 64 px -> 32x32 latents) and an SD-1.5-config UNet
