@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/cns demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
