@@ -16,7 +16,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import os
 import sys
 import time

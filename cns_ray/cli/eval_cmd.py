@@ -22,6 +22,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concepts", type=int, default=None, help="first N concepts of each sequence (default: all)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--steps", type=int, default=d.steps, help="learning steps per concept (default %(default)s)")
+    p.add_argument("--token-lr", type=float, default=d.token_lr, help="Adam lr of the token embedding (default %(default)s)")
+    p.add_argument("--weight-lr", type=float, default=d.weight_lr, help="Adam lr of trained weights (default %(default)s)")
     p.add_argument("--n-gen", type=int, default=d.n_gen, help="images per prompt (default %(default)s)")
     p.add_argument("--gen-steps", type=int, default=d.gen_steps)
     p.add_argument("--prompts", type=int, default=d.prompts_per_concept, help="single-concept prompts per concept")
@@ -39,7 +41,8 @@ def config_from_args(args: argparse.Namespace):
 
     return EvalConfig(
         base_model=args.base_model, metric_model=args.metric_model, sequences=tuple(args.sequences),
-        concepts_per_sequence=args.concepts, methods=tuple(args.methods), steps=args.steps, n_gen=args.n_gen,
+        concepts_per_sequence=args.concepts, methods=tuple(args.methods), steps=args.steps,
+        token_lr=args.token_lr, weight_lr=args.weight_lr, n_gen=args.n_gen,
         gen_steps=args.gen_steps, prompts_per_concept=args.prompts, seed=args.seed, out_dir=args.out,
     )
 

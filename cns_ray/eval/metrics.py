@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from cns_ray.errors import InputError
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import logging
+from pathlib import Path
 
 import cns_ray.models.patch_vae  # noqa: F401  (diffusers folders saved with the patch autoencoder name its module)
 

@@ -21,6 +21,8 @@ from cns_ray.targets import Target, find_target_modules, target_specs
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
+TINY_WORLD = "tiny-world"
+"""The shipped base model trained on the procedural toy world (pipelines/train_base.py; docs/toy-world.md)."""
 
 
 def compute_base_id(unet) -> str:
@@ -118,13 +120,20 @@ def _sync_s3_folder(uri: str, cache_dir: Path) -> Path:
 
 
 def load_base_model(spec: str = TINY, *, dtype: torch.dtype = torch.float32, device: str = "cpu", cache_dir: Path | None = None) -> BaseModel:
-    """Load ``tiny`` (built offline), a local diffusers folder, or an ``s3://`` diffusers folder."""
+    """Load ``tiny`` (random weights, built offline), ``tiny-world`` (shipped, trained on the toy world), a local
+    diffusers folder, or an ``s3://`` diffusers folder."""
     if spec == TINY:
         from cns_ray.models.tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline()
     else:
+        import cns_ray.models.patch_vae  # noqa: F401  (diffusers only loads component classes already imported)
+
         path = Path(spec)
+        if spec == TINY_WORLD:
+            from cns_ray.data import data_path
+
+            path = data_path("base", "tiny-world")
         if spec.startswith("s3://"):
             path = _sync_s3_folder(spec, cache_dir or default_cache_dir())
         if not (path / "model_index.json").exists():

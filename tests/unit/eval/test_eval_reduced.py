@@ -6,9 +6,9 @@ import math
 import pytest
 
 from cns_ray.cli import main
+from cns_ray.errors import ConfigError
 from cns_ray.eval.config import METHODS, EvalConfig
 from cns_ray.eval.harness import COLUMNS
-from cns_ray.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 

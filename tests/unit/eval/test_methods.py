@@ -26,9 +26,9 @@ def test_random_masks_keep_the_per_layer_count():
 
 @pytest.mark.parametrize("method", ["naive", "random", "cns"])
 def test_methods_train_their_entries_and_fusion_sums(base, tmp_path, method):
+    from cns_ray.config import SelectionConfig
     from cns_ray.eval.harness import calibration_prompts
     from cns_ray.select import general_masks_local
-    from cns_ray.config import SelectionConfig
 
     cfg = EvalConfig(steps=2, n_ref=4)
     store = ConceptStore(StoreConfig(uri=str(tmp_path / "store")))

@@ -39,3 +39,9 @@ def test_generations_match_recorded_references(reference):
         want = np.asarray(Image.open(FOLDER / f"reference_{i}.png").convert("RGB")).astype(int)
         diff = np.abs(img.astype(int) - want)
         assert diff.mean() < 2.0 and diff.max() < 40, (i, diff.mean(), diff.max())
+
+
+def test_loads_by_its_built_in_name(reference):
+    from cns_ray.models import TINY_WORLD, load_base_model
+
+    assert load_base_model(TINY_WORLD).base_id == reference["base_id"]
