@@ -36,27 +36,11 @@ MAX_TOKENS = 32
 
 def build_tokenizer():
     """Byte-level BPE on the world's words (deterministic), as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    from cns_ray.models.tokenizer import train_bpe_tokenizer
     from cns_ray.world.scene import all_words, caption, sample_scenes
 
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=[bos, eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
     corpus = [caption(s) for s in sample_scenes(2000, seed=12345)] + [" ".join(all_words())] * 20
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, unk_token=eos, model_max_length=MAX_TOKENS
-    )
+    return train_bpe_tokenizer(corpus, vocab_size=600, model_max_length=MAX_TOKENS)
 
 
 def build_components(tokenizer, seed: int):

@@ -23,32 +23,13 @@ _CORPUS_WORDS = (
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from cns_ray.data import data_path
+    from cns_ray.models.tokenizer import train_bpe_tokenizer
 
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=[bos, eos],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     words = _CORPUS_WORDS.split()
     corpus = [" ".join(words[i : i + 8]) for i in range(len(words))] * 4
-    from cns_ray.data import data_path
-
     corpus += data_path("calibration_prompts.txt").read_text().splitlines() * 4
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, unk_token=eos, model_max_length=77
-    )
+    return train_bpe_tokenizer(corpus, vocab_size=1000, model_max_length=77)
 
 
 def build_tiny_pipeline(seed: int = TINY_SEED):
