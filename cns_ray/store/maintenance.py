@@ -102,7 +102,11 @@ def find_orphans(store: "ConceptStore") -> list[str]:
             continue
         committed = set() if m is None else {e.version for e in m.versions}
         for d in b.list_dirs(f"tenants/{t}/versions"):
-            if not d.isdigit() or int(d) not in committed:
+            if d.isdigit() and int(d) in committed:
+                continue
+            # A losing commit deletes its files; on a local store the emptied folder stays (and a later commit may
+            # reuse its number): nothing is left behind there.
+            if b.list_files(f"tenants/{t}/versions/{d}"):
                 out.append(f"{b.uri(f'tenants/{t}/versions/{d}')}: files without a manifest entry "
                            "(an interrupted or losing commit; invisible, safe to delete when no commit is running)")
     return out
