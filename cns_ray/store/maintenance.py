@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from cns_ray.errors import CNSError, CorruptStateError, InvalidNameError, NotFoundError
+from cns_ray.errors import CNSError, CorruptStateError, NotFoundError
 from cns_ray.store import codec
 from cns_ray.store.backend import open_backend
 from cns_ray.store.manifest import VERSION_FILES, VersionEntry, file_digest, now_iso
@@ -62,15 +62,24 @@ def load_export(src_dir: str) -> TenantState:
     )
 
 
-def verify_store(store: "ConceptStore") -> list[str]:
-    problems = []
-    b = store._backend
-    for t in b.list_dirs("tenants"):
+def _tenant_manifests(store: "ConceptStore"):
+    """(tenant folder, its manifest or None, the error reading it or None) for every folder under tenants/."""
+    for t in store._backend.list_dirs("tenants"):
         try:
             validate_name(t, "tenant")
             m, _ = store._manifest(t)
-        except (InvalidNameError, CNSError) as e:
-            problems.append(f"tenant folder {t!r}: {e}")
+        except CNSError as e:
+            yield t, None, e
+            continue
+        yield t, m, None
+
+
+def verify_store(store: "ConceptStore") -> list[str]:
+    problems = []
+    b = store._backend
+    for t, m, err in _tenant_manifests(store):
+        if err is not None:
+            problems.append(f"tenant folder {t!r}: {err}")
             continue
         if m is None:
             continue
@@ -94,11 +103,8 @@ def verify_store(store: "ConceptStore") -> list[str]:
 def find_orphans(store: "ConceptStore") -> list[str]:
     out = []
     b = store._backend
-    for t in b.list_dirs("tenants"):
-        try:
-            validate_name(t, "tenant")
-            m, _ = store._manifest(t)
-        except CNSError:
+    for t, m, err in _tenant_manifests(store):
+        if err is not None:
             continue
         committed = set() if m is None else {e.version for e in m.versions}
         for d in b.list_dirs(f"tenants/{t}/versions"):
