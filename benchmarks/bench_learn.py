@@ -1,7 +1,7 @@
 """Learner step time, peak memory and optimizer state: CNS vs. dense K/V fine-tune vs. rank-4 LoRA.
 
-    nice -n 10 .venv/bin/python -m benchmarks.bench_learn            # tiny + SD-1.5-shaped UNet (~5 minutes)
-    .venv/bin/python -m benchmarks.bench_learn --quick               # tiny + a reduced SD-shaped UNet, few steps
+    nice -n 10 .venv/bin/python -m benchmarks.bench_learn            # tiny-random + SD-1.5-shaped UNet (~5 minutes)
+    .venv/bin/python -m benchmarks.bench_learn --quick               # tiny-random + a reduced SD-shaped UNet, few steps
 
 Every (model, method) runs in a fresh subprocess (``--worker``) so memory figures do not mix. All three methods
 train the same placeholder token (Adam, lr 5e-4) through the same :meth:`cns_ray.learn.CNSLearner.step` (same
@@ -10,8 +10,11 @@ data, augmentation, VAE encode, text encoder, noise loss); only the UNet side di
   ``cns_ray.learn.sparse_linear.SparseDeltaLinear`` (``W_start.index_put(idx, values)`` only inside its forward), plus L_reg;
 - ``dense``: every attn2.to_k/to_v weight trainable in place (Adam, lr 3e-5), plain forward;
 - ``lora``: peft ``LoraConfig(r=4, lora_alpha=4)`` injected into the same attn2.to_k/to_v modules (Adam, lr 1e-4).
-The tenant has no earlier concepts. Models: ``tiny`` (native 64 px -> 32x32 latents) and an SD-1.5-config UNet
-with random weights, a 2-layer width-768 CLIP text encoder and the tiny VAE (32 px -> 16x16 latents).
+The tenant has no earlier concepts. Models (``--models``): ``tiny-random`` (random weights, native 64 px -> 32x32
+latents; pinned as the default, :data:`benchmarks.common.BENCH_BASE_MODEL`: the tables in benchmarks/README.md were
+measured on it, named ``tiny`` there, the default then; any other base model spec, e.g. the shipped trained
+``tiny``, also works) and ``sd15``: an SD-1.5-config UNet with random weights, a 2-layer width-768 CLIP text encoder
+and the tiny-random VAE (32 px -> 16x16 latents).
 
 Memory: Linux ``VmHWM`` (peak RSS) reset through ``/proc/self/clear_refs`` after setup, so ``step peak`` =
 highest RSS over the warm-up + timed steps minus the RSS just before the first step (optimizer state, grads,
@@ -33,6 +36,7 @@ import time
 import torch
 
 from benchmarks.common import (
+    BENCH_BASE_MODEL,
     QUICK_UNET_CONFIG,
     SD15_UNET_CONFIG,
     environment_lines,
@@ -44,6 +48,9 @@ METHODS = ("cns", "dense", "lora")
 LORA_RANK = 4
 LORA_LR = 1e-4
 SD_LATENT = 16
+RECORDED_LRS = {"token_lr": 5e-4, "weight_lr": 3e-5}
+"""The learning rates the recorded tables used (then LearnerConfig's defaults), pinned: step time and memory do
+not depend on them, but the docstring and benchmarks/README.md state them."""
 
 
 # ------------------------------------------------------------------ worker (one model, one method)
@@ -66,16 +73,16 @@ def _build(model: str, quick: bool, masks_file: str):
     from cns_ray import select
     from cns_ray.config import LearnerConfig
 
-    if model == "tiny":
+    if model != "sd15":  # a base model spec (default: BENCH_BASE_MODEL), at its native resolution
         from cns_ray.models import load_base_model
 
-        base = load_base_model("tiny")
-        cfg = LearnerConfig(batch_size=4, seed=0)
+        base = load_base_model(model)
+        cfg = LearnerConfig(batch_size=4, seed=0, **RECORDED_LRS)
     else:
         from benchmarks.sd_shaped import sd_shaped_base
 
         base = sd_shaped_base(QUICK_UNET_CONFIG if quick else SD15_UNET_CONFIG)
-        cfg = LearnerConfig(batch_size=1, resolution=2 * SD_LATENT, seed=0)
+        cfg = LearnerConfig(batch_size=1, resolution=2 * SD_LATENT, seed=0, **RECORDED_LRS)
     if os.path.exists(masks_file):
         general = torch.load(masks_file)
     else:
@@ -224,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2, quick 1)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per worker (default 1: on a shared 2-core machine 2 threads ran ~8x slower)")
-    p.add_argument("--models", default="tiny,sd15", help="comma list of tiny, sd15")
+    p.add_argument("--models", default=f"{BENCH_BASE_MODEL},sd15",
+                   help="comma list of sd15 and base model specs (default %(default)s: the recorded tables' models)")
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     p.add_argument("--masks-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -238,13 +246,13 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            masks_file = os.path.join(tmp, f"general-{model}.pt")
+            masks_file = os.path.join(tmp, f"general-{len(results)}.pt")  # model specs may be paths
             for method in METHODS:
                 results.append(spawn(model, method, args, masks_file))
     sd_name = "reduced SD-shaped UNet (--quick)" if args.quick else "SD-1.5-config UNet"
     print(f"### Learner step: CNS vs dense K/V vs LoRA r={LORA_RANK}\n")
     print("\n".join(environment_lines()).replace(f"torch threads: {torch.get_num_threads()}", f"torch threads per worker: {args.threads}"))
-    print(f"- `sd15` = {sd_name}, random fp32 weights, 2-layer width-768 CLIP text encoder, tiny VAE; CPU")
+    print(f"- `sd15` = {sd_name}, random fp32 weights, 2-layer width-768 CLIP text encoder, tiny-random VAE; CPU")
     print(f"- {args.steps} timed steps after {args.warmup} warm-up per method, each method in a fresh process; "
           f"total {time.perf_counter() - t0:.0f} s")
     print("- step peak over start: peak RSS over warm-up + timed steps (VmHWM reset via /proc/self/clear_refs) minus "

@@ -3,6 +3,10 @@
     nice -n 10 .venv/bin/python -m benchmarks.bench_serve            # full run (~10 minutes on 2 shared cores)
     .venv/bin/python -m benchmarks.bench_serve --quick               # smoke run (~2 minutes)
 
+The small model ("tiny model" below) is pinned to ``tiny-random`` (random weights, native 64 px;
+:data:`benchmarks.common.BENCH_BASE_MODEL`), the model the tables in benchmarks/README.md were measured on (named
+``tiny`` there, the default then), not the shipped trained default ``tiny`` (32 px).
+
 Three parts, printed as markdown:
 1. Swap overhead per request as a fraction of generation time, in-process: ``apply_`` + ``restore_`` of a tenant
    delta vs ``cns_ray.serve.swap.generate_images`` on the tiny model, and vs N denoising steps of an
@@ -35,6 +39,7 @@ import uuid
 import torch
 
 from benchmarks.common import (
+    BENCH_BASE_MODEL,
     QUICK_UNET_CONFIG,
     SD15_UNET_CONFIG,
     build_unet,
@@ -51,7 +56,7 @@ from cns_ray.serve.swap import GenerationRequest, ServedTenant, generate_images
 from cns_ray.store import ConceptRecord, ConceptStore, TenantState
 from cns_ray.targets import target_specs, target_weights
 
-SIZE, STEPS, GUIDANCE = 64, 4, 7.5  # the fixed small generation of the HTTP and tiny-model parts
+SIZE, STEPS, GUIDANCE = 64, 4, 7.5  # the fixed small generation of the HTTP and tiny-model parts (tiny-random's native 64 px)
 TINY_DENSITY, SD_DENSITY = 0.02, 0.01
 
 
@@ -103,7 +108,7 @@ def bench_swap_tiny(base, reps: int) -> list[list]:
     sw, gen, plain = median_ms(t_swap), median_ms(t_gen), median_ms(t_plain)
     total = sum(o * i for o, i in base.target_shapes().values())
     return [[
-        f"tiny model, {state.delta.nnz:,} entries ({state.delta.nnz / total:.0%} of K/V)",
+        f"{BENCH_BASE_MODEL} model, {state.delta.nnz:,} entries ({state.delta.nnz / total:.0%} of K/V)",
         f"{SIZE}x{SIZE}, {STEPS} steps, guidance {GUIDANCE}: generate_images {fmt_ms(gen)} (base only {fmt_ms(plain)})",
         fmt_ms(sw), f"{sw / gen:.3%}",
     ]]
@@ -245,8 +250,8 @@ def bench_http(args, base, n_tenants: int) -> tuple[list[list], list[list], str]
     keys = {hash_key(f"key-{t}"): t for t in [*tenants, "plain"]}  # "plain" has no versions: base model, no swap
 
     def config(max_tenants: int) -> ServingConfig:
-        return ServingConfig(store=tmp, torch_threads=args.torch_threads, num_cpus=0.5, replicas=1, default_steps=STEPS,
-                             max_tenants_per_replica=max_tenants, api_keys=keys, read_env_keys=False,
+        return ServingConfig(store=tmp, base_model=BENCH_BASE_MODEL, torch_threads=args.torch_threads, num_cpus=0.5,
+                             replicas=1, default_steps=STEPS, max_tenants_per_replica=max_tenants, api_keys=keys, read_env_keys=False,
                              scheduler_name=f"bench-sched-{uuid.uuid4().hex[:6]}")
 
     init_ray("local", num_cpus=2)
@@ -343,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(environment_lines()))
     print(f"- machine shared with other jobs (load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): "
           "timings are noisy; compare rows of one run\n")
-    base = load_base_model("tiny")
+    base = load_base_model(BENCH_BASE_MODEL)
 
     print("### 1. Swap overhead per request (apply_ + restore_, in-process, median)\n")
     rows = bench_swap_tiny(base, args.reps)
@@ -356,14 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     dim = base.text_encoder.get_input_embeddings().weight.shape[1]
     cases = [(f"SD-1.5-shaped{' (reduced)' if args.quick else ''}, 1% of K/V",
               random_state("sdtenant", sd_shapes, "sd-shaped", 768, SD_DENSITY, 3), sd_shapes),
-             ("tiny model, 2% of K/V", random_state("tinytenant", base.target_shapes(), base.base_id, dim, TINY_DENSITY, 4),
+             (f"{BENCH_BASE_MODEL} model, 2% of K/V", random_state("tinytenant", base.target_shapes(), base.base_id, dim, TINY_DENSITY, 4),
               base.target_shapes())]
     with tempfile.TemporaryDirectory(prefix="cns-bench-cold-") as tmp:
         cold = bench_cold_load(cases, tmp, args.reps)
     print(markdown_table(["state", "entries / delta.parquet", "store", "store.load (ms)", "load + from_state (ms)",
                           "p90 (ms)", "vs local"], cold))
 
-    print(f"\n### 3. HTTP endpoint (Ray Serve on 127.0.0.1, tiny model, 1 generator replica, torch threads "
+    print(f"\n### 3. HTTP endpoint (Ray Serve on 127.0.0.1, {BENCH_BASE_MODEL} model, 1 generator replica, torch threads "
           f"{args.torch_threads}; in-process parts use the same); {SIZE}x{SIZE}, {STEPS} steps, guidance {GUIDANCE}, n=1\n")
     http_rows, cold_rows, _ = bench_http(args, base, n_tenants)
     print(f"{args.requests} requests per mix in {args.rounds} interleaved rounds, {args.concurrency} in flight (threads + httpx), after one warm-up request "

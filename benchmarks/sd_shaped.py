@@ -1,8 +1,8 @@
 """SD-1.5-shaped stand-ins for the learner and calibration benchmarks (random weights, built offline).
 
-- :func:`text_encoder_768`: a CLIP text encoder of SD-1.5's width (768) with few layers, on the tiny tokenizer.
+- :func:`text_encoder_768`: a CLIP text encoder of SD-1.5's width (768) with few layers, on the tiny-random tokenizer.
 - :func:`sd_shaped_base`: a :class:`cns_ray.models.BaseModel` with an SD-1.5-config UNet, that text encoder and
-  the tiny VAE (4 latent channels, 2x downsampling: ``resolution = 2 * latent``).
+  the tiny-random VAE (4 latent channels, 2x downsampling: ``resolution = 2 * latent``).
 - :class:`SDShapedScorer`: :class:`cns_ray.jobs.calibrate.Scorer` on SD-1.5-shaped K/V weights, built without a
   full UNet (shapes from a UNet on the meta device), so scorer actors stay small.
 """

@@ -48,12 +48,16 @@ class SelectionConfig:
 class LearnerConfig:
     """One CNS learning run (DESIGN.md, learning one concept)."""
 
-    steps: int = 500
+    steps: int = 300
     """Optimisation steps."""
-    token_lr: float = 5e-4
+    token_lr: float = 5e-3
     """Adam learning rate of the new token embedding."""
-    weight_lr: float = 3e-5
-    """Adam learning rate of the selected concept-neuron weights."""
+    weight_lr: float = 2e-2
+    """Adam learning rate of the selected concept-neuron weights.
+
+    The defaults (steps, token_lr, weight_lr) are the best measured on the embedded ``tiny`` model
+    (docs/toy-world.md): the sparse concept neurons need a far higher rate than dense fine-tuning. For a Stable
+    Diffusion-scale model start much lower (e.g. token_lr 5e-4, weight_lr 1e-4, steps 500): not measured here."""
     reg_lambda: float = 1.0
     """Weight of L_reg (pull towards the previous concept's values on overlap, towards the base elsewhere)."""
     batch_size: int = 4

@@ -1,11 +1,16 @@
 """``cns demo``: the whole system on the embedded defaults, end to end, in one command.
 
-1. calibrate: general neurons of the tiny base over the 20 built-in prompts, sharded over Ray scorer actors
-   (cached in the store);
-2. select: concept neurons of a bundled example concept, printed per layer;
+The concepts are held-out subjects of the toy world (cns_ray/world/concepts.py: shapes the base model never saw,
+each with its own two-colour pattern, 6 reference images in varied contexts), written as image folders with
+captions, the layout a user gives ``cns learn``.
+
+1. calibrate: general neurons of the base over its calibration prompts (the toy-world model ships 20 world
+   captions), sharded over Ray scorer actors (cached in the store);
+2. select: concept neurons of the first concept, printed per layer;
 3. learn: two concepts for each of two tenants, continually (each tenant's concepts in order, tenants in parallel)
    through the learning scheduler and Ray Train;
-4. before/after grids: each tenant's prompts generated at every version, written as PNG;
+4. before/after grids: each tenant's prompts generated at every version, written as PNG, beside the concepts'
+   reference images (``concepts.png``);
 5. serve: the Ray Serve endpoint on 127.0.0.1, each tenant's concepts and a two-concept prompt generated over HTTP
    with that tenant's API key; images written as PNG.
 """
@@ -24,8 +29,10 @@ from typing import Callable
 
 from cns_ray.config import LearnerConfig, SelectionConfig, StoreConfig
 
-# tenant -> its concepts, learned in this order (names of bundled example concepts)
-DEMO_TENANTS: dict[str, tuple[str, ...]] = {"acme": ("toy", "mug"), "bravo": ("sculpture", "backpack")}
+# tenant -> its concepts, learned in this order (held-out toy-world concepts, cns_ray.world.concepts)
+DEMO_TENANTS: dict[str, tuple[str, ...]] = {"acme": ("heart", "star"), "bravo": ("arrow", "tee")}
+DEMO_GUIDANCE = 4.0
+"""Classifier-free guidance of the demo's images (the toy-world model was evaluated at 4)."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +45,15 @@ class DemoConfig:
     """Concept store URI; None = ``{out_dir}/store``, emptied at the start so the demo can run again."""
     base_model: str = "tiny"
     """Base model spec."""
-    steps: int = 120
+    steps: int = LearnerConfig.steps
     """Learning steps per concept."""
+    n_ref: int = 6
+    """Reference images per concept."""
     actors: int = 2
     """Scorer actors for calibration."""
     serve: bool = True
     """Start the HTTP endpoint and generate over HTTP at the end."""
-    gen_steps: int = 10
+    gen_steps: int = 20
     """Denoising steps of the demo's generations."""
     seed: int = 0
 
@@ -73,15 +82,37 @@ def _grid(rows: list[list[bytes]], path: Path) -> None:
     g.save(path, format="PNG")
 
 
-def _prompts(concepts: tuple[str, ...], class_words: dict[str, str]) -> list[str]:
-    single = [f"a photo of <{c}> {class_words[c]}" for c in concepts]
-    both = f"a photo of <{concepts[0]}> {class_words[concepts[0]]} and <{concepts[1]}> {class_words[concepts[1]]}"
+def _prompts(concepts: tuple[str, ...]) -> list[str]:
+    """Each concept alone (large, centred), then both side by side: the world's caption grammar."""
+    from cns_ray.world import concepts as wc
+
+    single = [wc.concept_caption("large", f"<{c}>", "center", "grey") for c in concepts]
+    a, b = concepts[:2]
+    both = f"a small <{a}> {wc.CLASS_WORD} at the left and a small <{b}> {wc.CLASS_WORD} at the right on a grey background"
     return [*single, both]
+
+
+def write_concepts(cfg: DemoConfig, out: Path) -> dict[str, tuple[Path, str]]:
+    """Every demo concept's reference folder (PNG + captions.txt) under ``out/concepts``, and ``concepts.png``."""
+    import numpy as np
+    from PIL import Image
+
+    from cns_ray.world import concepts as wc
+
+    folders, rows = {}, []
+    for names in DEMO_TENANTS.values():
+        for name in names:
+            c = wc.get_concept(name)
+            folders[name] = (wc.write_reference_folder(c, out / "concepts" / name, cfg.n_ref, cfg.seed), c.class_word)
+            tiles = [np.pad(im, ((1, 1), (1, 1), (0, 0))) for im in wc.reference_set(c, cfg.n_ref, cfg.seed)[0]]
+            rows.append(np.concatenate(tiles, axis=1))  # [R+2, n*(R+2), 3]: a black line between tiles
+    sheet = Image.fromarray(np.concatenate(rows, axis=0))
+    sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST).save(out / "concepts.png", format="PNG")
+    return folders
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     """Run the demo; returns a summary (versions, files). ``say`` prints progress lines."""
-    from cns_ray.data import example_concepts
     from cns_ray.jobs.calibrate import general_masks_info, select_for_concept
     from cns_ray.jobs.ray_env import init_ray
     from cns_ray.models import load_base_model
@@ -94,9 +125,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     if cfg.store is None and Path(store_uri).exists():
         shutil.rmtree(store_uri)
     store = ConceptStore(StoreConfig(uri=store_uri))
-    examples = example_concepts()
-    class_words = {name: word for name, (_, word) in examples.items()}
     t0 = time.time()
+    examples = write_concepts(cfg, out)
 
     say(f"[1/5] Ray on 127.0.0.1; base model {cfg.base_model!r}; store {store_uri}")
     started = init_ray(None, namespace="cns") == "local"
@@ -112,7 +142,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     folder, word = examples[first]
     captions = (folder / "captions.txt").read_text().splitlines()
     s = select_for_concept(base, store, captions, sel, num_actors=0)
-    say(f"[2/5] concept neurons of example '{first}' ({len(captions)} images, class word '{word}'):")
+    say(f"[2/5] concept neurons of '{first}' ({len(captions)} images in {folder}, class word '{word}'):")
     for name, m in s.concept.items():
         say(f"      {name:<62} {int(m.sum()):>5} / {m.numel():>5}")
     say(f"      total {int(s.summary()['concept_count'])} = {s.summary()['concept_fraction']:.2%} of the target weights")
@@ -121,11 +151,12 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     versions = _learn_all(cfg, store_uri, examples, say)
 
     say("[4/5] before/after grids (rows: base, after concept 1, after concept 2; columns: the prompts)")
-    files = _grids(cfg, base, store, class_words, out, say)
+    files = [out / "concepts.png", *_grids(cfg, base, store, out, say)]
+    say(f"      {out / 'concepts.png'}  (the concepts' reference images, one row each: {', '.join(examples)})")
 
     if cfg.serve:
         say("[5/5] serving over HTTP on 127.0.0.1")
-        files += _serve_and_generate(cfg, store_uri, class_words, out, say)
+        files += _serve_and_generate(cfg, store_uri, out, say)
     if started:  # leave a Ray this process was already connected to as it was
         import ray
 
@@ -140,7 +171,8 @@ def _learn_all(cfg: DemoConfig, store_uri: str, examples: dict, say) -> dict[str
     from cns_ray.jobs.scheduler import get_or_create_scheduler
 
     sched = get_or_create_scheduler(store_uri, cfg.base_model, name=f"cns-demo-{int(time.time())}")
-    lcfg = LearnerConfig(steps=cfg.steps, checkpoint_every=max(cfg.steps // 2, 1), cpus_per_worker=0.5, seed=cfg.seed)
+    lcfg = LearnerConfig(steps=cfg.steps, checkpoint_every=max(cfg.steps // 2, 1), cpus_per_worker=0.5, seed=cfg.seed,
+                         augment=False)  # a flip would swap 'left' and 'right' in the world's captions
     jobs = []
     for tenant, concepts in DEMO_TENANTS.items():
         for c in concepts:
@@ -175,13 +207,13 @@ def _job_state(s: dict) -> str:
     return f"step {s['step']}/{s['total']}" if s.get("total") else "starting"
 
 
-def _grids(cfg: DemoConfig, base, store, class_words: dict, out: Path, say) -> list[Path]:
+def _grids(cfg: DemoConfig, base, store, out: Path, say) -> list[Path]:
     from cns_ray.serve.swap import GenerationRequest, ServedTenant, generate_images
 
     weights = base.target_weights()
     files = []
     for tenant, concepts in DEMO_TENANTS.items():
-        prompts = _prompts(concepts, class_words)
+        prompts = _prompts(concepts)
         states = [ServedTenant.empty(tenant, base.base_id)]
         for info in store.history(tenant):
             st = store.load(tenant, info.version, shapes=base.target_shapes(), base_id=base.base_id)
@@ -190,7 +222,8 @@ def _grids(cfg: DemoConfig, base, store, class_words: dict, out: Path, say) -> l
         for served in states:
             row = []
             for p in prompts:
-                req = GenerationRequest(prompt=p, steps=cfg.gen_steps, seed=cfg.seed, height=base.resolution, width=base.resolution)
+                req = GenerationRequest(prompt=p, steps=cfg.gen_steps, seed=cfg.seed, height=base.resolution,
+                                        width=base.resolution, guidance_scale=DEMO_GUIDANCE)
                 row += generate_images(base, weights, served, req)
             rows.append(row)
         path = out / f"{tenant}_before_after.png"
@@ -200,7 +233,7 @@ def _grids(cfg: DemoConfig, base, store, class_words: dict, out: Path, say) -> l
     return files
 
 
-def _serve_and_generate(cfg: DemoConfig, store_uri: str, class_words: dict, out: Path, say) -> list[Path]:
+def _serve_and_generate(cfg: DemoConfig, store_uri: str, out: Path, say) -> list[Path]:
     from ray import serve
 
     from cns_ray.serve.app import build_app
@@ -215,6 +248,7 @@ def _serve_and_generate(cfg: DemoConfig, store_uri: str, class_words: dict, out:
         api_keys={hash_key(k): t for t, k in keys.items()},
         read_env_keys=False,
         default_steps=cfg.gen_steps,
+        default_guidance=DEMO_GUIDANCE,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(scfg), name="cns", route_prefix="/")
@@ -223,7 +257,7 @@ def _serve_and_generate(cfg: DemoConfig, store_uri: str, class_words: dict, out:
     files = []
     try:
         for tenant, concepts in DEMO_TENANTS.items():
-            for i, prompt in enumerate(_prompts(concepts, class_words)):
+            for i, prompt in enumerate(_prompts(concepts)):
                 body = json.dumps({"prompt": prompt, "seed": cfg.seed, "steps": cfg.gen_steps}).encode()
                 req = urllib.request.Request(
                     f"{url}/v1/images/generations",

@@ -22,9 +22,19 @@ from cns_ray.models.text import token_norms
 CAPTION_TEMPLATE = "a photo of a {class_word}"
 
 
-def load_prompts(path: str | Path | None = None) -> list[str]:
-    """Calibration prompts: the built-in set (20 diverse prompts) or one prompt per line of ``path``."""
-    p = Path(path) if path else data_path("calibration_prompts.txt")
+BASE_PROMPTS_FILE = "calibration_prompts.txt"
+"""A base model folder may ship its own calibration prompts (its domain), one per line, beside model_index.json."""
+
+
+def load_prompts(path: str | Path | None = None, base=None) -> list[str]:
+    """Calibration prompts, one per line of ``path``; else those the base model's folder ships
+    (``BASE_PROMPTS_FILE``, e.g. the toy-world model's world captions); else the built-in set (20 diverse prompts)."""
+    if path:
+        p = Path(path)
+    else:
+        folder = getattr(base, "folder", None)
+        own = Path(folder) / BASE_PROMPTS_FILE if folder else None
+        p = own if own is not None and own.exists() else data_path("calibration_prompts.txt")
     if not p.exists():
         raise InputError(f"calibration prompt file {str(p)!r} does not exist: give a text file, one prompt per line")
     prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]

@@ -21,9 +21,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.calibrate", description=__doc__.split("\n\n")[0])
     p.add_argument("--store", default=os.environ.get("CNS_STORE", DEFAULT_STORE_URI), help="store folder or s3://...")
     p.add_argument("--base-model", default=os.environ.get("CNS_BASE_MODEL", DEFAULT_BASE_MODEL),
-                   help="'tiny', a diffusers folder every node sees, or s3://... of one")
+                   help="'tiny' (embedded; 'tiny-random' for random test weights), a diffusers folder every node "
+                        "sees, or s3://... of one")
     p.add_argument("--actors", type=int, default=2, help="scorer actors (0 = score in the driver; default 2)")
-    p.add_argument("--prompts", default=None, help="text file, one calibration prompt per line (default: built-in)")
+    p.add_argument("--prompts", default=None, help="text file, one calibration prompt per line (default: the base model's own, else built-in)")
     p.add_argument("--select-ratio", type=float, default=0.1, help="top fraction of each row (default 0.1)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     return p.parse_args(argv)
@@ -46,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = SelectionConfig(select_ratio=args.select_ratio)
-        prompts = load_prompts(args.prompts)
         store = ConceptStore(StoreConfig(uri=args.store))
         if args.actors > 0 and args.address:
             init_ray(args.address)  # else init_ray() runs on a cache miss only
         base = load_base_model(args.base_model)
+        prompts = load_prompts(args.prompts, base)
         res = general_masks_info(
             base, store, cfg, prompts, args.actors, lambda d, t: logging.info("shard %d/%d scored", d, t)
         )

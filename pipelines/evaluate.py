@@ -1,6 +1,6 @@
 """Ray job entrypoint: the paper's protocol on the toy world (``cns eval`` runs the same code).
 
-    python -m pipelines.evaluate [--base-model tiny|FOLDER] [--metric-model toy|FOLDER] [--steps 150]
+    python -m pipelines.evaluate [--base-model tiny|FOLDER] [--metric-model toy|FOLDER] [--steps 300]
         [--sequences seq1 seq2 seq3] [--concepts N] [--methods cns naive ...] [--out eval-out] [--local]
     python -m pipelines.evaluate --base-only [--base-model ...]
 

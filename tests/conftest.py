@@ -29,18 +29,28 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_base():
-    """The embedded tiny base model (shared; tests must leave its weights as they found them)."""
-    from cns_ray.models import load_base_model
+    """The embedded default base model ``tiny`` (shipped, trained on the toy world; 32 px), shared: tests must
+    leave its weights as they found them."""
+    from cns_ray.models import TINY, load_base_model
 
-    return load_base_model("tiny")
+    return load_base_model(TINY)
 
 
 @pytest.fixture()
 def fresh_tiny():
-    """A private tiny base model a test may modify."""
-    from cns_ray.models import load_base_model
+    """A private ``tiny`` base model (the default) a test may modify."""
+    from cns_ray.models import TINY, load_base_model
 
-    return load_base_model("tiny")
+    return load_base_model(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_random():
+    """``tiny-random`` (random weights built from configs; 64 px, cross_attention_dim 32), shared: for tests of
+    that builder's specific architecture. Tests must leave its weights as they found them."""
+    from cns_ray.models import TINY_RANDOM, load_base_model
+
+    return load_base_model(TINY_RANDOM)
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,8 @@ def add_common(p: argparse.ArgumentParser, *, base_model: bool = True, store: bo
         p.add_argument(
             "--base-model",
             default=os.environ.get("CNS_BASE_MODEL", DEFAULT_BASE_MODEL),
-            help="'tiny' (embedded), a diffusers folder, or s3://... of one (env CNS_BASE_MODEL; default %(default)s)",
+            help="'tiny' (embedded, trained on the toy world; alias 'tiny-world'), 'tiny-random' (random weights, for "
+            "tests; images are noise), a diffusers folder, or s3://... of one (env CNS_BASE_MODEL; default %(default)s)",
         )
 
 

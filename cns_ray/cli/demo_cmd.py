@@ -6,11 +6,13 @@ import argparse
 
 
 def register(sub) -> None:
+    from cns_ray.demo import DemoConfig
+
     p = sub.add_parser("demo", help="calibrate, select, learn 2 concepts x 2 tenants, generate before/after, serve over HTTP")
     p.add_argument("--out", default="cns-out", help="output folder for images and the demo store (default %(default)s)")
     p.add_argument("--store", default=None, help="store URI (default: OUT/store, emptied first)")
     p.add_argument("--base-model", default="tiny", help="base model (default %(default)s)")
-    p.add_argument("--steps", type=int, default=120, help="learning steps per concept (default %(default)s)")
+    p.add_argument("--steps", type=int, default=DemoConfig.steps, help="learning steps per concept (default %(default)s)")
     p.add_argument("--actors", type=int, default=2, help="calibration scorer actors (default %(default)s)")
     p.add_argument("--no-serve", action="store_true", help="skip the HTTP endpoint part")
     p.set_defaults(func=cmd_demo)

@@ -23,7 +23,12 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--steps", type=int, default=d.steps, help="learning steps per concept (default %(default)s)")
     p.add_argument("--token-lr", type=float, default=d.token_lr, help="Adam lr of the token embedding (default %(default)s)")
-    p.add_argument("--weight-lr", type=float, default=d.weight_lr, help="Adam lr of trained weights (default %(default)s)")
+    p.add_argument("--weight-lr", type=float, default=d.weight_lr, help="Adam lr of the sparse methods' weights (default %(default)s)")
+    p.add_argument("--naive-weight-lr", type=float, default=d.naive_weight_lr,
+                   help="Adam lr of naive fine-tuning of all K/V weights (default %(default)s)")
+    p.add_argument("--reg-lambda", type=float, default=d.reg_lambda,
+                   help="weight of L_reg for CNS, random and fusion (naive and cns_noreg use 0; default %(default)s)")
+    p.add_argument("--select-ratio", type=float, default=d.select_ratio, help="top fraction per row (default %(default)s)")
     p.add_argument("--n-gen", type=int, default=d.n_gen, help="images per prompt (default %(default)s)")
     p.add_argument("--gen-steps", type=int, default=d.gen_steps)
     p.add_argument("--prompts", type=int, default=d.prompts_per_concept, help="single-concept prompts per concept")
@@ -42,7 +47,8 @@ def config_from_args(args: argparse.Namespace):
     return EvalConfig(
         base_model=args.base_model, metric_model=args.metric_model, sequences=tuple(args.sequences),
         concepts_per_sequence=args.concepts, methods=tuple(args.methods), steps=args.steps,
-        token_lr=args.token_lr, weight_lr=args.weight_lr, n_gen=args.n_gen,
+        token_lr=args.token_lr, weight_lr=args.weight_lr, naive_weight_lr=args.naive_weight_lr,
+        reg_lambda=args.reg_lambda, select_ratio=args.select_ratio, n_gen=args.n_gen,
         gen_steps=args.gen_steps, prompts_per_concept=args.prompts, seed=args.seed, out_dir=args.out,
     )
 

@@ -24,11 +24,15 @@ class EvalConfig:
     concepts_per_sequence: int | None = None
     """Use only the first N concepts of each sequence (None = all)."""
     methods: tuple[str, ...] = METHODS
-    steps: int = 150
+    steps: int = 300
     """Learning steps per concept."""
     batch_size: int = 4
     token_lr: float = 5e-3
-    weight_lr: float = 5e-4
+    weight_lr: float = 2e-2
+    """Adam lr of the trained weights of the sparse methods (CNS, random neurons, CNS without L_reg, fusion)."""
+    naive_weight_lr: float = 2e-3
+    """Adam lr of naive fine-tuning (all K/V weights): each method at the best of the rates tried on the toy world
+    (sparse: 5e-4, 5e-3, 2e-2, 4e-2, 1e-1; naive: 5e-4, 2e-3; docs/toy-world.md)."""
     reg_lambda: float = 1.0
     select_ratio: float = 0.1
     n_ref: int = 6
@@ -58,6 +62,9 @@ class EvalConfig:
         for name in ("steps", "batch_size", "n_ref", "n_gen", "prompts_per_concept", "gen_steps"):
             if getattr(self, name) < 1:
                 p.append(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("token_lr", "weight_lr", "naive_weight_lr"):
+            if getattr(self, name) < 0:
+                p.append(f"{name}={getattr(self, name)} must be >= 0")
         if not 0 < self.select_ratio <= 1:
             p.append(f"select_ratio={self.select_ratio} must be in (0, 1]")
         if p:

@@ -144,6 +144,7 @@ def summarize(results: list[dict]) -> dict[str, dict[str, float]]:
             return float(np.mean(vals)) if vals else float("nan")
 
         table[method] = {
+            "learned_image": mean("right_after"),
             "single_image": mean("single_image"),
             "single_text": mean("single_text"),
             "multi_image": mean("multi_image"),
@@ -156,7 +157,7 @@ def summarize(results: list[dict]) -> dict[str, dict[str, float]]:
 
 
 COLUMNS = (
-    ("single_image", "single img"), ("single_text", "single txt"), ("multi_image", "multi img"),
+    ("learned_image", "img right after"), ("single_image", "single img"), ("single_text", "single txt"), ("multi_image", "multi img"),
     ("multi_text", "multi txt"), ("forgetting", "forgetting"), ("bytes_per_concept", "bytes/concept"),
     ("learn_seconds", "learn s/concept"),
 )

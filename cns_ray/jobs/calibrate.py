@@ -124,7 +124,9 @@ def score_sharded(
     from cns_ray.jobs.ray_env import gpus_available, init_ray
 
     init_ray()  # no-op when connected; else RAY_ADDRESS (ray job submit) or a private local Ray on 127.0.0.1
-    if base_spec != "tiny" and not base_spec.startswith("s3://") and os.path.exists(base_spec):
+    from cns_ray.models import EMBEDDED_MODELS
+
+    if base_spec not in EMBEDDED_MODELS and not base_spec.startswith("s3://") and os.path.exists(base_spec):
         base_spec = os.path.abspath(base_spec)  # actors may run in another working directory
     shards = shard_prompts(prompts, num_actors)
     gpus = gpus_available()
@@ -162,7 +164,7 @@ def general_masks_info(
 ) -> GeneralMasksResult:
     """General neurons of ``base`` (a loaded :class:`cns_ray.models.BaseModel`, or its spec string), cached.
 
-    store: a :class:`cns_ray.store.ConceptStore` (or None: no cache). prompts: None = the built-in set.
+    store: a :class:`cns_ray.store.ConceptStore` (or None: no cache). prompts: None = the base model's own set, else the built-in one (:func:`cns_ray.select.load_prompts`).
     num_actors: 0 = score in this process; N >= 1 = N scorer actors on Ray (started only on a cache miss).
     """
     from cns_ray.models import BaseModel, load_base_model
@@ -172,7 +174,7 @@ def general_masks_info(
     t0 = time.perf_counter()
     if not isinstance(base, BaseModel):
         base = load_base_model(str(base))
-    prompts = list(prompts) if prompts is not None else load_prompts()
+    prompts = list(prompts) if prompts is not None else load_prompts(base=base)
     key = calib_key(base.base_id, prompts, cfg)
     if store is not None:
         cached = store.get_general_masks(base.base_id, key)

@@ -172,7 +172,7 @@ class CNSLearner:
             self.selection = select.Selection(base=masks, general=none, concept=masks)
         else:
             if general is None:
-                general = select.general_masks_local(base, select.load_prompts(), sel_cfg)
+                general = select.general_masks_local(base, select.load_prompts(base=base), sel_cfg)
             t0 = time.perf_counter()
             self.selection = select.select_concept(base, self.data.captions, general, sel_cfg)
         self.select_seconds = time.perf_counter() - t0

@@ -1,5 +1,24 @@
-"""Base models: embedded ``tiny`` default, diffusers folders (local or S3), base_id."""
+"""Base models: the embedded ``tiny`` default (shipped, trained; alias ``tiny-world``), ``tiny-random`` (random
+weights, for tests), diffusers folders (local or S3), base_id."""
 
-from cns_ray.models.base import TINY, TINY_WORLD, BaseModel, compute_base_id, load_base_model, save_base_model
+from cns_ray.models.base import (
+    EMBEDDED_MODELS,
+    TINY,
+    TINY_RANDOM,
+    TINY_WORLD,
+    BaseModel,
+    compute_base_id,
+    load_base_model,
+    save_base_model,
+)
 
-__all__ = ["TINY", "TINY_WORLD", "BaseModel", "compute_base_id", "load_base_model", "save_base_model"]
+__all__ = [
+    "EMBEDDED_MODELS",
+    "TINY",
+    "TINY_RANDOM",
+    "TINY_WORLD",
+    "BaseModel",
+    "compute_base_id",
+    "load_base_model",
+    "save_base_model",
+]

@@ -1,4 +1,5 @@
-"""Base models: the embedded ``tiny`` default or a diffusers-format folder (local, or ``s3://`` synced to a cache).
+"""Base models: the embedded ``tiny`` default (shipped, trained on the toy world), the ``tiny-random`` test model,
+or a diffusers-format folder (local, or ``s3://`` synced to a cache).
 
 ``base_id`` fingerprints the UNet config and the target weights, so a state learned on one base is refused on
 another. Weights are hashed after a cast to float16, so the same checkpoint loaded in fp16 or fp32 gets one id.
@@ -10,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +23,19 @@ from cns_ray.targets import Target, find_target_modules, target_specs
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
+"""The embedded default: the shipped base model trained on the procedural toy world (pipelines/train_base.py;
+docs/toy-world.md): 32 px images, a patch autoencoder (8x8x48 latents), cross_attention_dim 128. Its images are
+recognisable toy-world scenes. Loaded from the folder inside the installed package (:data:`TINY_FOLDER`)."""
 TINY_WORLD = "tiny-world"
-"""The shipped base model trained on the procedural toy world (pipelines/train_base.py; docs/toy-world.md)."""
+"""Alias of :data:`TINY`: the same shipped folder, the same ``base_id``."""
+TINY_RANDOM = "tiny-random"
+"""Random weights built offline from configs (cns_ray/models/tiny.py; 64 px, cross_attention_dim 32): for fast
+tests of the system's mechanics; its images are noise."""
+EMBEDDED_MODELS = (TINY, TINY_WORLD, TINY_RANDOM)
+"""Specs that name a built-in model rather than a folder: every process (Ray actors, Train workers) loads them
+itself, from the installed package."""
+TINY_FOLDER = ("base", "tiny-world")
+"""Where :data:`TINY` lives: ``cns_ray.data.data_path(*TINY_FOLDER)``."""
 
 
 def compute_base_id(unet) -> str:
@@ -43,6 +56,9 @@ class BaseModel:
     pipeline: object  # diffusers StableDiffusionPipeline
     base_id: str
     source: str
+    folder: Path | None = None
+    """The local diffusers folder it was loaded from (the package's for ``tiny``, the cache's for ``s3://``);
+    None when built in memory (``tiny-random``)."""
 
     @property
     def unet(self):
@@ -119,10 +135,34 @@ def _sync_s3_folder(uri: str, cache_dir: Path) -> Path:
     return dest
 
 
+@contextmanager
+def _quiet_diffusers(quiet: bool):
+    """For the shipped model only: no loading bars, no torchvision notices, and no "Expected types for vae ... PatchAutoencoder" warning
+    (its patch autoencoder has the AutoencoderKL interface but not the class)."""
+    if not quiet:
+        yield
+        return
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    for lib in (dlog, tlog):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, level in zip((dlog, tlog), levels):
+            lib.set_verbosity(level)
+            lib.enable_progress_bar()
+
+
 def load_base_model(spec: str = TINY, *, dtype: torch.dtype = torch.float32, device: str = "cpu", cache_dir: Path | None = None) -> BaseModel:
-    """Load ``tiny`` (random weights, built offline), ``tiny-world`` (shipped, trained on the toy world), a local
-    diffusers folder, or an ``s3://`` diffusers folder."""
-    if spec == TINY:
+    """Load ``tiny`` (the default: shipped, trained on the toy world; ``tiny-world`` is an alias), ``tiny-random``
+    (random weights built offline from configs: for fast tests of the system's mechanics; its images are noise), a
+    local diffusers folder, or an ``s3://`` diffusers folder."""
+    folder: Path | None = None
+    if spec == TINY_RANDOM:
         from cns_ray.models.tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline()
@@ -130,26 +170,34 @@ def load_base_model(spec: str = TINY, *, dtype: torch.dtype = torch.float32, dev
         import cns_ray.models.patch_vae  # noqa: F401  (diffusers only loads component classes already imported)
 
         path = Path(spec)
-        if spec == TINY_WORLD:
+        if spec in (TINY, TINY_WORLD):
             from cns_ray.data import data_path
 
-            path = data_path("base", "tiny-world")
-        if spec.startswith("s3://"):
+            path = data_path(*TINY_FOLDER)
+        elif spec.startswith("s3://"):
             path = _sync_s3_folder(spec, cache_dir or default_cache_dir())
         if not (path / "model_index.json").exists():
+            if spec in (TINY, TINY_WORLD):
+                raise ModelLoadError(
+                    f"the shipped base model {spec!r} is missing from the installed package (no model_index.json at "
+                    f"{path}): reinstall cns-ray, or give 'tiny-random' (random weights, for tests) or a diffusers folder"
+                )
             raise ModelLoadError(
-                f"base model {spec!r} is not a diffusers folder (no model_index.json at {path}): give 'tiny', a folder "
-                "saved with save_pretrained (e.g. Stable Diffusion 1.5), or s3://bucket/prefix of one"
+                f"base model {spec!r} is not a diffusers folder (no model_index.json at {path}): give 'tiny' (the "
+                "shipped default), 'tiny-random' (random weights, for tests), a folder saved with save_pretrained "
+                "(e.g. Stable Diffusion 1.5), or s3://bucket/prefix of one"
             )
-        from diffusers import StableDiffusionPipeline
-
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                str(path), safety_checker=None, requires_safety_checker=False, dtype=dtype, local_files_only=True
-            )
+            with _quiet_diffusers(spec in (TINY, TINY_WORLD)):
+                from diffusers import StableDiffusionPipeline
+
+                pipe = StableDiffusionPipeline.from_pretrained(
+                    str(path), safety_checker=None, requires_safety_checker=False, dtype=dtype, local_files_only=True
+                )
         except Exception as e:  # diffusers raises many types here
             raise ModelLoadError(f"could not load diffusers folder {path}: {e}") from e
         pipe.set_progress_bar_config(disable=True)
+        folder = path
     if pipe.unet.dtype != dtype:
         pipe = pipe.to(dtype=dtype)
     pipe = pipe.to(device)
@@ -157,7 +205,7 @@ def load_base_model(spec: str = TINY, *, dtype: torch.dtype = torch.float32, dev
         m.eval().requires_grad_(False)
     base_id = compute_base_id(pipe.unet)
     log.info("loaded base model %s (base_id %s)", spec, base_id)
-    return BaseModel(pipeline=pipe, base_id=base_id, source=spec)
+    return BaseModel(pipeline=pipe, base_id=base_id, source=spec, folder=folder)
 
 
 def save_base_model(model: BaseModel, folder: str | Path) -> Path:

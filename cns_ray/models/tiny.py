@@ -1,7 +1,10 @@
-"""The embedded default base model ``tiny``: Stable Diffusion architecture, built offline from configs.
+"""The embedded test base model ``tiny-random``: Stable Diffusion architecture, built offline from configs.
 
-Same seed -> same weights -> same base_id. Nothing is downloaded. Its tokenizer is a small byte-level BPE trained
-on a fixed built-in corpus (deterministic), wrapped as a transformers fast tokenizer.
+Random weights built offline from configs: for fast tests of the system's mechanics; its images are noise (the
+embedded default ``tiny`` is the shipped trained model, cns_ray/data/base/tiny-world). 64 px images (32x32x4
+latents), cross_attention_dim 32. Same seed -> same weights -> same base_id. Nothing is downloaded. Its tokenizer
+is a small byte-level BPE trained on a fixed built-in corpus (deterministic), wrapped as a transformers fast
+tokenizer.
 """
 
 from __future__ import annotations

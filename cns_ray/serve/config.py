@@ -14,7 +14,8 @@ class ServingConfig:
     store: str = DEFAULT_STORE_URI
     """Concept store URI (folder or ``s3://bucket/prefix``)."""
     base_model: str = DEFAULT_BASE_MODEL
-    """``tiny`` (embedded), a diffusers folder, or ``s3://`` of one."""
+    """``tiny`` (embedded, trained on the toy world), ``tiny-random`` (random weights, for tests), a diffusers
+    folder, or ``s3://`` of one."""
     replicas: int = 1
     """Generator replicas (ignored when ``autoscaling`` is set)."""
     autoscaling: dict | None = None
@@ -76,7 +77,7 @@ class ServingConfig:
                 p.append(msg)
 
         check(bool(self.store), "store must not be empty: give a folder or s3://bucket/prefix")
-        check(bool(self.base_model), "base_model must not be empty: give 'tiny' or a diffusers folder")
+        check(bool(self.base_model), "base_model must not be empty: give 'tiny' (the embedded default) or a diffusers folder")
         check(self.replicas >= 1, f"replicas={self.replicas} must be >= 1")
         check(self.num_cpus > 0, f"num_cpus={self.num_cpus} must be > 0 (fractional is fine, e.g. 0.5)")
         check(self.ingress_num_cpus > 0, f"ingress_num_cpus={self.ingress_num_cpus} must be > 0")

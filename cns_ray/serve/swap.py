@@ -73,8 +73,10 @@ class GenerationRequest:
 
     prompt: str
     n: int = 1
-    height: int = 64
-    width: int = 64
+    height: int | None = None
+    """Image height in pixels; None = the base model's native resolution (``base.resolution``)."""
+    width: int | None = None
+    """Image width in pixels; None = the base model's native resolution."""
     steps: int = 25
     guidance_scale: float = 7.5
     seed: int | None = None
@@ -125,8 +127,8 @@ def generate_images(
         out = pipe(
             prompt_embeds=cond.to(dtype),
             negative_prompt_embeds=uncond.to(dtype),
-            height=req.height,
-            width=req.width,
+            height=req.height or base.resolution,
+            width=req.width or base.resolution,
             num_inference_steps=req.steps,
             guidance_scale=req.guidance_scale,
             num_images_per_prompt=req.n,

@@ -80,7 +80,7 @@ def test_cli_calibrate_and_select(tmp_path, capsys, tiny_base):
     rows = _table_counts(out)
     assert len(rows) == 14
     cfg = SelectionConfig(select_ratio=0.3)
-    general = general_masks_local(tiny_base, load_prompts(), cfg)
+    general = general_masks_local(tiny_base, load_prompts(base=tiny_base), cfg)  # the CLI's default: the base's own
     sel = select_concept(tiny_base, caps, general, cfg)
     short = {n.replace(".transformer_blocks.0.", ".").replace("attentions.", "attn"): n for n in sel.concept}
     for s, (b, g, c) in rows.items():

@@ -25,11 +25,15 @@ def test_demo_learns_two_tenants_in_order_and_serves_over_http(ray_local, tmp_pa
         assert store.load(tenant).tokens.keys() == {f"<{c}>" for c in concepts}
         assert [c.name for c in store.load(tenant).concepts] == list(concepts)
     files = summary["files"]
-    assert len(files) == 2 + 2 * 3  # two grids + three HTTP generations per tenant
+    assert len(files) == 1 + 2 + 2 * 3  # the concepts sheet, two grids, three HTTP generations per tenant
+    for c in (c for cs in DEMO_TENANTS.values() for c in cs):  # the learned folders are the world's held-out concepts
+        captions = (tmp_path / "concepts" / c / "captions.txt").read_text().splitlines()
+        assert len(captions) == 6 and all(f"<{c}> shape" in line for line in captions)
     for f in files:
         with Image.open(f) as im:
             assert im.format == "PNG"
     grid = Image.open(tmp_path / "acme_before_after.png")
-    assert grid.size == (3 * 128, 3 * 128)  # 3 versions x 3 prompts, 64 px tiles shown at 2x
+    assert grid.size == (3 * 128, 3 * 128)  # 3 versions x 3 prompts, 32 px tiles shown at 4x
+    assert Image.open(tmp_path / "concepts.png").size == (6 * 34 * 4, 4 * 34 * 4)  # 6 refs x 4 concepts, 32+2 px at 4x
     text = "\n".join(lines)
     assert "general neurons" in text and "concept neurons" in text and "from cache" not in text

@@ -1,6 +1,7 @@
 """The Serve app over real HTTP on 127.0.0.1: invariants 1-5, refresh, bad requests, concept routes.
 
-One app for the module (tenants' states are built directly, never trained). Images are 64x64 with 2 steps.
+One app for the module on the default base model ``tiny`` (tenants' states are built directly, never trained).
+Images are its native 32x32 (requests give no size unless a test is about sizes) with 2 steps.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.slow
 TENANTS = ("t1", "t2", "t3", "t4")
 FAULT = "__FAIL_HERE__"
 ADMIN = "admin-key"
+NATIVE = 32  # the default base model's resolution: the served size when a request gives none
 
 
 def key(t: str) -> str:
@@ -38,6 +40,7 @@ def app(ray_local, tiny_base, tmp_path_factory):
     from cns_ray.serve.config import ServingConfig
     from cns_ray.store import ConceptStore
 
+    assert tiny_base.resolution == NATIVE
     root = str(tmp_path_factory.mktemp("serve-store"))
     store = ConceptStore(StoreConfig(uri=root))
     for i, t in enumerate(TENANTS):
@@ -85,7 +88,7 @@ def app(ray_local, tiny_base, tmp_path_factory):
 
 
 def post_gen(client, tenant, prompt, seed=1, **extra):
-    body = {"prompt": prompt, "seed": seed, "size": "64x64", "steps": 2, **extra}
+    body = {"prompt": prompt, "seed": seed, "steps": 2, **extra}  # no size: the base's native resolution
     return client.post("/v1/images/generations", json=body, headers={"Authorization": f"Bearer {key(tenant)}"})
 
 
@@ -136,7 +139,7 @@ def test_other_tenants_placeholder_is_plain_text(app, tiny_base):
     try:
         with swapped(tiny_base.target_weights(), state.delta, tiny_base.base_id):
             want = tiny_base.pipeline(
-                prompt, num_inference_steps=2, height=64, width=64, guidance_scale=7.5,
+                prompt, num_inference_steps=2, height=NATIVE, width=NATIVE, guidance_scale=7.5,
                 generator=torch.Generator().manual_seed(5),
             ).images[0]
     finally:
@@ -235,8 +238,12 @@ def test_concept_management_routes(app):
     assert [x["name"] for x in c.get("/v1/concepts", headers=h).json()["concepts"]] == ["cat1", "cat2"]
     gen = post_gen(c, "mgmt", "a <cat1> and a <cat2>")
     assert gen.headers["X-CNS-Version"] == "1"  # rollback reloaded the replica at once
-    png = c.post("/v1/images/generations", json={"prompt": "a <cat2>", "size": "64x64", "response_format": "png"}, headers=h)
+    png = c.post("/v1/images/generations", json={"prompt": "a <cat2>", "response_format": "png"}, headers=h)
     assert png.headers["content-type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _size(png.content) == (NATIVE, NATIVE)  # no size given: the base's native resolution
+    wide = c.post("/v1/images/generations", json={"prompt": "a <cat2>", "size": "64x32", "steps": 1, "response_format": "png"}, headers=h)
+    assert wide.status_code == 200, wide.text
+    assert _size(wide.content) == (64, 32)  # WIDTHxHEIGHT as asked
     assert "cns_requests_total" in c.get("/metrics").text
 
 
@@ -246,9 +253,19 @@ def test_cns_generate_over_http_writes_the_same_image(app, tmp_path):
     url = str(app["client"].base_url)
     out = tmp_path / "img.png"
     rc = main(["generate", "--url", url, "--api-key", key("t1"), "--tenant", "t1", "a photo of <t1> dog red",
-               "--size", "64x64", "--steps", "2", "--seed", "1", "-o", str(out)])
+               "--size", f"{NATIVE}x{NATIVE}", "--steps", "2", "--seed", "1", "-o", str(out)])
     assert rc == 0
+    # the same bytes as a request without a size: the default is the base's native resolution
     assert out.read_bytes() == image(post_gen(app["client"], "t1", "a photo of <t1> dog red", seed=1))
+
+
+def _size(png: bytes) -> tuple[int, int]:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        return im.size
 
 
 def _png(seed: int) -> bytes:

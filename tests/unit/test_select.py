@@ -34,6 +34,24 @@ def test_prompt_file(tmp_path):
         load_prompts(tmp_path / "missing.txt")
 
 
+def test_a_base_model_folder_ships_its_own_calibration_prompts(tmp_path):
+    from types import SimpleNamespace
+
+    from cns_ray.data import data_path
+    from cns_ray.eval.harness import calibration_prompts
+
+    (tmp_path / "calibration_prompts.txt").write_text("# domain prompts\na red circle\na blue square\n")
+    own = SimpleNamespace(folder=tmp_path)
+    assert load_prompts(base=own) == ["a red circle", "a blue square"]
+    assert load_prompts(base=SimpleNamespace(folder=tmp_path / "none")) == load_prompts()  # no file: built-in
+    assert load_prompts(base=SimpleNamespace(folder=None)) == load_prompts()
+    other = tmp_path / "p.txt"
+    other.write_text("x one\ny two\n")
+    assert load_prompts(other, base=own) == ["x one", "y two"]  # an explicit file wins
+    # the shipped toy-world model's prompts are the world captions the evaluation uses
+    assert load_prompts(base=SimpleNamespace(folder=data_path("base", "tiny-world"))) == calibration_prompts()
+
+
 def test_calib_key_depends_on_base_prompts_and_ratio():
     p = ["a", "b"]
     k = calib_key("base1", p, SelectionConfig(select_ratio=0.1))

@@ -19,18 +19,23 @@ def _expected(unet) -> dict[str, tuple[int, int]]:
     return out
 
 
-def test_tiny_targets(tiny_base):
-    specs = target_specs(tiny_base.unet)
-    # tiny: 2 down blocks x 1 layer + mid 1 + 2 up blocks x 2 layers = 7 transformer blocks -> 14 K/V layers
+@pytest.mark.parametrize(
+    "model,cross_dim,channels",
+    [("tiny_base", 128, (64, 128)), ("tiny_random", 32, (32, 64))],  # cross_attention_dim, block_out_channels
+)
+def test_tiny_targets(request, model, cross_dim, channels):
+    base = request.getfixturevalue(model)
+    specs = target_specs(base.unet)
+    # both: 2 down blocks x 1 layer + mid 1 + 2 up blocks x 2 layers = 7 transformer blocks -> 14 K/V layers
     assert len(specs) == 14
-    assert {n: t.shape for n, t in specs.items()} == _expected(tiny_base.unet)
+    assert {n: t.shape for n, t in specs.items()} == _expected(base.unet)
     assert list(specs) == sorted(specs)
-    assert all(t.in_features == 32 for t in specs.values())  # cross_attention_dim
-    assert specs["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"].shape == (32, 32)
-    assert specs["mid_block.attentions.0.transformer_blocks.0.attn2.to_v"].shape == (64, 32)
+    assert all(t.in_features == cross_dim for t in specs.values())  # cross_attention_dim
+    assert specs["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"].shape == (channels[0], cross_dim)
+    assert specs["mid_block.attentions.0.transformer_blocks.0.attn2.to_v"].shape == (channels[1], cross_dim)
     assert total_target_weights(specs) == sum(t.numel for t in specs.values())
-    live = target_weights(tiny_base.unet)
-    assert all(live[n].data_ptr() == tiny_base.unet.get_submodule(n).weight.data_ptr() for n in live)
+    live = target_weights(base.unet)
+    assert all(live[n].data_ptr() == base.unet.get_submodule(n).weight.data_ptr() for n in live)
 
 
 def test_other_unet_config():

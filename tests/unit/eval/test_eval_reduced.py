@@ -24,6 +24,7 @@ def test_reduced_eval_table_has_every_method_and_column(tmp_path):
         for key, _ in COLUMNS:
             assert math.isfinite(row[key]), (method, key, row[key])
         assert row["bytes_per_concept"] > 0
+        assert row["forgetting"] == pytest.approx(row["learned_image"] - row["single_image"], abs=1e-9)
     table = (out / "table.md").read_text()
     assert all(f"| {m} |" in table for m in METHODS)
     # naive stores every K/V weight; CNS only its concept neurons

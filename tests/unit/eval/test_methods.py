@@ -48,3 +48,16 @@ def test_methods_train_their_entries_and_fusion_sums(base, tmp_path, method):
         delta, tokens = fused(states)
         assert set(tokens) == {"<heart>", "<star>"}
         assert delta.nnz >= max(s.delta.nnz for s in states)
+
+
+def test_each_method_gets_its_learning_rate_and_reg():
+    from cns_ray.errors import ConfigError
+    from cns_ray.eval.methods import learner_config
+
+    cfg = EvalConfig(weight_lr=2e-2, naive_weight_lr=2e-3, reg_lambda=0.5)
+    got = {m: (learner_config(cfg, m).weight_lr, learner_config(cfg, m).reg_lambda)
+           for m in ("cns", "naive", "random", "cns_noreg", "fusion")}
+    assert got == {"cns": (2e-2, 0.5), "naive": (2e-3, 0.0), "random": (2e-2, 0.5), "cns_noreg": (2e-2, 0.0),
+                   "fusion": (2e-2, 0.5)}
+    with pytest.raises(ConfigError, match="naive_weight_lr=-1"):
+        EvalConfig(naive_weight_lr=-1)

@@ -1,4 +1,5 @@
-"""Base models: the embedded tiny model is deterministic; diffusers folders round-trip with the same base_id."""
+"""Base models: the embedded ``tiny`` default (shipped, trained) and the ``tiny-random`` builder load the same
+weights every time; diffusers folders round-trip with the same base_id."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from cns_ray.errors import ModelLoadError
-from cns_ray.models import compute_base_id, load_base_model, save_base_model
+from cns_ray.data import data_path
+from cns_ray.models import TINY, TINY_RANDOM, compute_base_id, load_base_model, save_base_model
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -21,7 +23,22 @@ def test_tiny_is_deterministic(tiny_base):
     for part in ("unet", "text_encoder", "vae"):
         assert _same_state(getattr(again, part), getattr(tiny_base, part)), part
     assert again.tokenizer("a photo of a dog").input_ids == tiny_base.tokenizer("a photo of a dog").input_ids
-    assert tiny_base.resolution == 64
+    # the default is the shipped trained model, loaded from the installed package
+    assert tiny_base.resolution == 32
+    assert tiny_base.unet.config.cross_attention_dim == 128
+    assert (tiny_base.source, tiny_base.folder) == (TINY, data_path("base", "tiny-world"))
+
+
+def test_tiny_random_is_deterministic(tiny_random):
+    again = load_base_model(TINY_RANDOM)
+    assert again.base_id == tiny_random.base_id
+    assert len(tiny_random.base_id) == 16
+    for part in ("unet", "text_encoder", "vae"):
+        assert _same_state(getattr(again, part), getattr(tiny_random, part)), part
+    assert again.tokenizer("a photo of a dog").input_ids == tiny_random.tokenizer("a photo of a dog").input_ids
+    assert tiny_random.resolution == 64
+    assert tiny_random.unet.config.cross_attention_dim == 32
+    assert (tiny_random.source, tiny_random.folder) == (TINY_RANDOM, None)  # built in memory
 
 
 def test_base_id_tracks_target_weights(fresh_tiny):
@@ -37,7 +54,7 @@ def test_save_and_load_folder(tiny_base, tmp_path):
     assert (folder / "model_index.json").exists()
     loaded = load_base_model(str(folder))
     assert loaded.base_id == tiny_base.base_id
-    assert loaded.source == str(folder)
+    assert loaded.source == str(folder) and loaded.folder == folder
     assert _same_state(loaded.text_encoder, tiny_base.text_encoder)
     assert loaded.tokenizer("a red car").input_ids == tiny_base.tokenizer("a red car").input_ids
     assert loaded.target_shapes() == tiny_base.target_shapes()
@@ -47,8 +64,9 @@ def test_folder_without_model_index_refused(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(ModelLoadError, match="model_index.json"):
         load_base_model(str(tmp_path))
-    with pytest.raises(ModelLoadError, match="model_index.json"):
+    with pytest.raises(ModelLoadError, match="model_index.json") as e:
         load_base_model(str(tmp_path / "does-not-exist"))
+    assert "'tiny'" in str(e.value) and "'tiny-random'" in str(e.value)  # the message names the built-in choices
 
 
 def test_broken_folder_is_a_model_load_error(tmp_path):

@@ -41,7 +41,18 @@ def test_generations_match_recorded_references(reference):
         assert diff.mean() < 2.0 and diff.max() < 40, (i, diff.mean(), diff.max())
 
 
-def test_loads_by_its_built_in_name(reference):
-    from cns_ray.models import TINY_WORLD, load_base_model
+def test_loads_by_its_built_in_names(reference, tiny_base, tiny_random):
+    """``tiny`` (the default, also config.DEFAULT_BASE_MODEL) and its alias ``tiny-world`` are this folder, one
+    base_id; ``tiny-random`` is another model."""
+    from cns_ray.config import DEFAULT_BASE_MODEL
+    from cns_ray.models import TINY, TINY_RANDOM, TINY_WORLD, load_base_model
 
-    assert load_base_model(TINY_WORLD).base_id == reference["base_id"]
+    assert (TINY, TINY_WORLD, TINY_RANDOM) == ("tiny", "tiny-world", "tiny-random")
+    assert DEFAULT_BASE_MODEL == TINY
+    assert load_base_model().base_id == reference["base_id"]  # the default spec
+    alias = load_base_model(TINY_WORLD)
+    assert tiny_base.source == TINY
+    assert tiny_base.base_id == alias.base_id == reference["base_id"]
+    assert tiny_base.folder == alias.folder == FOLDER
+    assert tiny_random.source == TINY_RANDOM
+    assert tiny_random.base_id != reference["base_id"]

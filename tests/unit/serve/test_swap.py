@@ -6,7 +6,7 @@ import torch
 from cns_ray.serve.swap import GenerationRequest, InjectedFault, ServedTenant, generate_images, weights_digest
 from serve_states import random_state
 
-REQ = GenerationRequest(prompt="a photo of <tok> dog", steps=2, seed=3, height=64, width=64)
+REQ = GenerationRequest(prompt="a photo of <tok> dog", steps=2, seed=3)  # size: the base's native resolution
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,19 @@ def test_generation_uses_the_delta_and_restores_exactly(tiny_base, served):
     plain = generate_images(tiny_base, weights, ServedTenant.empty("acme", tiny_base.base_id), REQ)
     assert with_delta != plain  # the delta (and token) changed the image
     assert generate_images(tiny_base, weights, served, REQ) == with_delta  # deterministic per seed
+
+
+def test_default_size_is_the_base_models_native_resolution(tiny_base, served):
+    import io
+
+    from PIL import Image
+
+    weights = tiny_base.target_weights()
+    (png,) = generate_images(tiny_base, weights, served, REQ)
+    assert Image.open(io.BytesIO(png)).size == (tiny_base.resolution, tiny_base.resolution) == (32, 32)
+    wide = GenerationRequest(prompt="a photo of <tok> dog", steps=2, seed=3, height=32, width=64)
+    (png,) = generate_images(tiny_base, weights, served, wide)
+    assert Image.open(io.BytesIO(png)).size == (64, 32)  # (width, height): an explicit size wins
 
 
 def test_restored_when_generation_fails_mid_way(tiny_base, served):
