@@ -202,8 +202,11 @@ def bench_cold_load(cases: list[tuple[str, TenantState, dict]], local_root: str,
 
 
 # ------------------------------------------------------------------ 3. the HTTP endpoint
-def run_load(url: str, jobs: list[tuple[str, str, int]], concurrency: int, deadline_s: float) -> dict:
-    """POST every (api key, prompt, seed) with ``concurrency`` threads; requests not started by the deadline are skipped."""
+def run_load(url: str, jobs: list[tuple[str, str, int]], concurrency: int, deadline_s: float, *, size: int | None = SIZE,
+             steps: int | None = STEPS, guidance: float | None = GUIDANCE) -> dict:
+    """POST every (api key, prompt, seed) with ``concurrency`` threads; requests not started by the deadline are skipped.
+
+    ``size``/``steps``/``guidance`` None: left out of the body (the endpoint's defaults)."""
     import httpx
 
     end = time.monotonic() + deadline_s
@@ -213,7 +216,9 @@ def run_load(url: str, jobs: list[tuple[str, str, int]], concurrency: int, deadl
             if time.monotonic() > end:
                 return None
             key, prompt, seed = job
-            body = {"prompt": prompt, "seed": seed, "size": f"{SIZE}x{SIZE}", "steps": STEPS, "guidance_scale": GUIDANCE}
+            body = {"prompt": prompt, "seed": seed, "size": f"{size}x{size}" if size else None, "steps": steps,
+                    "guidance_scale": guidance}
+            body = {k: v for k, v in body.items() if v is not None}
             t0 = time.perf_counter()
             r = client.post("/v1/images/generations", json=body, headers={"Authorization": f"Bearer {key}"})
             return r.status_code, time.perf_counter() - t0

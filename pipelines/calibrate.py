@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="'tiny' (embedded; 'tiny-random' for random test weights), a diffusers folder every node "
                         "sees, or s3://... of one")
     p.add_argument("--actors", type=int, default=2, help="scorer actors (0 = score in the driver; default 2)")
-    p.add_argument("--prompts", default=None, help="text file, one calibration prompt per line (default: the base model's own, else built-in)")
+    p.add_argument("--prompts", default=None,
+                   help="text file, one calibration prompt per line (default: the base model's own, else built-in)")
     p.add_argument("--select-ratio", type=float, default=0.1, help="top fraction of each row (default 0.1)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     return p.parse_args(argv)

@@ -23,7 +23,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--steps", type=int, default=d.steps, help="learning steps per concept (default %(default)s)")
     p.add_argument("--token-lr", type=float, default=d.token_lr, help="Adam lr of the token embedding (default %(default)s)")
-    p.add_argument("--weight-lr", type=float, default=d.weight_lr, help="Adam lr of the sparse methods' weights (default %(default)s)")
+    p.add_argument("--weight-lr", type=float, default=d.weight_lr,
+                   help="Adam lr of the sparse methods' weights (default %(default)s)")
     p.add_argument("--naive-weight-lr", type=float, default=d.naive_weight_lr,
                    help="Adam lr of naive fine-tuning of all K/V weights (default %(default)s)")
     p.add_argument("--reg-lambda", type=float, default=d.reg_lambda,

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prompt's top-ratio cross-attention K/V weights. Cached in the store by (base model, prompts, ratio).",
     )
     add_common(p)
-    p.add_argument("--prompts", default=None, help="text file, one calibration prompt per line (default: the base model's own, else the built-in 20)")
+    p.add_argument("--prompts", default=None,
+                   help="text file, one calibration prompt per line (default: the base model's own, else the built-in 20)")
     _add_ratio(p)
     _add_actors(p)
     p.set_defaults(func=cmd_calibrate)
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, help="folder of the concept's images (png/jpg/jpeg/webp)")
     p.add_argument("--class-word", required=True, help="the concept's class, e.g. dog")
     p.add_argument("--captions", default=None, help="text file, one caption per image in file-name order")
-    p.add_argument("--prompts", default=None, help="calibration prompts for the general neurons (default: the base model's own, else built-in)")
+    p.add_argument("--prompts", default=None,
+                   help="calibration prompts for the general neurons (default: the base model's own, else built-in)")
     _add_ratio(p)
     p.add_argument(
         "--budget", type=float, default=None, help="cap concept neurons to this fraction of all target weights"

@@ -23,6 +23,10 @@ def register(sub) -> None:
     p.add_argument("--keys-file", default=os.environ.get("CNS_KEYS_FILE"), help="JSON {sha256(key): tenant} (see `cns keys add`)")
     p.add_argument("--refresh-ttl", type=float, default=10.0, help="seconds between head-version checks (default %(default)s)")
     p.add_argument("--max-tenants", type=int, default=16, help="tenant states resident per replica (default %(default)s)")
+    p.add_argument("--batch-mode", choices=("swap", "mixed"), default="swap",
+                   help="swap: one request at a time, delta swapped into the weights; mixed: requests of any tenants "
+                        "batched, deltas added per sample, weights never written (default %(default)s)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="mixed: most requests per pipeline call (default %(default)s)")
     p.set_defaults(func=cmd_serve)
 
     g = sub.add_parser("generate", help="generate images with a tenant's concepts (over HTTP with --url, else in-process)")
@@ -87,6 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         admin_key_sha256=admin_hash,
         refresh_ttl_s=args.refresh_ttl,
         max_tenants_per_replica=args.max_tenants,
+        batch_mode=args.batch_mode,
+        max_batch_size=args.max_batch_size,
     )
     from cns_ray.jobs.ray_env import init_ray
 

@@ -157,7 +157,8 @@ def summarize(results: list[dict]) -> dict[str, dict[str, float]]:
 
 
 COLUMNS = (
-    ("learned_image", "img right after"), ("single_image", "single img"), ("single_text", "single txt"), ("multi_image", "multi img"),
+    ("learned_image", "img right after"),
+    ("single_image", "single img"), ("single_text", "single txt"), ("multi_image", "multi img"),
     ("multi_text", "multi txt"), ("forgetting", "forgetting"), ("bytes_per_concept", "bytes/concept"),
     ("learn_seconds", "learn s/concept"),
 )

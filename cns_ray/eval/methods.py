@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 def learner_config(cfg: EvalConfig, method: str) -> LearnerConfig:
     reg = 0.0 if method in ("naive", "cns_noreg") else cfg.reg_lambda
     return LearnerConfig(
-        steps=cfg.steps, token_lr=cfg.token_lr, weight_lr=cfg.naive_weight_lr if method == "naive" else cfg.weight_lr, reg_lambda=reg, batch_size=cfg.batch_size,
+        steps=cfg.steps, token_lr=cfg.token_lr,
+        weight_lr=cfg.naive_weight_lr if method == "naive" else cfg.weight_lr, reg_lambda=reg, batch_size=cfg.batch_size,
         augment=False,  # a flip would swap 'left' and 'right' in the captions
         seed=cfg.seed, selection=SelectionConfig(select_ratio=cfg.select_ratio),
     )

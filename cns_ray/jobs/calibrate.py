@@ -164,7 +164,8 @@ def general_masks_info(
 ) -> GeneralMasksResult:
     """General neurons of ``base`` (a loaded :class:`cns_ray.models.BaseModel`, or its spec string), cached.
 
-    store: a :class:`cns_ray.store.ConceptStore` (or None: no cache). prompts: None = the base model's own set, else the built-in one (:func:`cns_ray.select.load_prompts`).
+    store: a :class:`cns_ray.store.ConceptStore` (or None: no cache). prompts: None = the base model's own set,
+    else the built-in one (:func:`cns_ray.select.load_prompts`).
     num_actors: 0 = score in this process; N >= 1 = N scorer actors on Ray (started only on a cache miss).
     """
     from cns_ray.models import BaseModel, load_base_model

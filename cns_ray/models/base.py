@@ -137,7 +137,8 @@ def _sync_s3_folder(uri: str, cache_dir: Path) -> Path:
 
 @contextmanager
 def _quiet_diffusers(quiet: bool):
-    """For the shipped model only: no loading bars, no torchvision notices, and no "Expected types for vae ... PatchAutoencoder" warning
+    """For the shipped model only: no loading bars, no torchvision notices, and no "Expected types for vae ...
+    PatchAutoencoder" warning
     (its patch autoencoder has the AutoencoderKL interface but not the class)."""
     if not quiet:
         yield

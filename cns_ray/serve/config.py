@@ -28,6 +28,15 @@ class ServingConfig:
     """CPUs of the ingress replica."""
     torch_threads: int = 0
     """torch intra-op threads in a generator replica (0 = torch's default)."""
+    batch_mode: str = "swap"
+    """How a generator replica runs requests: ``swap`` (one request at a time, the tenant's delta swapped into the
+    shared weights and restored) or ``mixed`` (up to ``max_batch_size`` requests of any tenants in one pipeline
+    call, each tenant's delta added per sample on the cross-attention K/V outputs; the weights are never written:
+    cns_ray/serve/batch.py)."""
+    max_batch_size: int = 8
+    """``mixed``: most requests per pipeline call (requests share a call only with the same size, steps, guidance)."""
+    batch_wait_timeout_s: float = 0.01
+    """``mixed``: how long the first request of a batch waits for others."""
     max_tenants_per_replica: int = 16
     """Tenant states kept resident per replica (LRU through Serve's model multiplexing)."""
     refresh_ttl_s: float = 10.0
@@ -50,7 +59,7 @@ class ServingConfig:
     """Largest total upload of concept images per learn request."""
     max_upload_files: int = 32
     """Most images per learn request."""
-    learn_steps: int = 500
+    learn_steps: int = 300
     """Default learning steps of a learn request (the request may ask for fewer, up to ``max_learn_steps``)."""
     max_learn_steps: int = 2000
     """Most learning steps a learn request may ask for."""
@@ -82,6 +91,9 @@ class ServingConfig:
         check(self.num_cpus > 0, f"num_cpus={self.num_cpus} must be > 0 (fractional is fine, e.g. 0.5)")
         check(self.ingress_num_cpus > 0, f"ingress_num_cpus={self.ingress_num_cpus} must be > 0")
         check(self.torch_threads >= 0, f"torch_threads={self.torch_threads} must be >= 0 (0 = default)")
+        check(self.batch_mode in ("swap", "mixed"), f"batch_mode={self.batch_mode!r} must be 'swap' or 'mixed'")
+        check(1 <= self.max_batch_size <= 256, f"max_batch_size={self.max_batch_size} must be in [1, 256]")
+        check(0 <= self.batch_wait_timeout_s <= 10, f"batch_wait_timeout_s={self.batch_wait_timeout_s} must be in [0, 10] seconds")
         check(self.max_tenants_per_replica >= 1, f"max_tenants_per_replica={self.max_tenants_per_replica} must be >= 1")
         check(self.refresh_ttl_s >= 0, f"refresh_ttl_s={self.refresh_ttl_s} must be >= 0")
         check(self.max_prompt_chars >= 1, f"max_prompt_chars={self.max_prompt_chars} must be >= 1")

@@ -1,9 +1,11 @@
-"""The Generator deployment: one shared base pipeline per replica, tenants multiplexed, swap per request.
+"""The Generator deployment: one shared base pipeline per replica, tenants multiplexed, swap or mixed batches.
 
 Requests carry their tenant as Serve's multiplexed model id, so a tenant's requests go to replicas that already
-hold its state. Every use of the shared weights (swap + generate, the weights digest) runs on one worker thread,
-so a replica never has two tenants' deltas in the weights at once; tenant loads run beside it (they only read the
-store). Expected failures come back as ``{"ok": False, "status", "error": {"message", "type"}}`` so the ingress
+hold its state. Every use of the shared pipeline (generation, the weights digest) runs on one worker thread; tenant
+loads run beside it (they only read the store). ``batch_mode="swap"`` runs one request at a time with the tenant's
+delta swapped into the weights (so a replica never has two tenants' deltas in at once); ``"mixed"`` gathers up to
+``max_batch_size`` requests of any tenants (``serve.batch``) into one pipeline call per (size, steps, guidance),
+each request's delta added per sample, the weights never written (cns_ray/serve/batch.py). Expected failures come back as ``{"ok": False, "status", "error": {"message", "type"}}`` so the ingress
 can answer with the right HTTP status whatever Ray does to exception types.
 """
 
@@ -26,6 +28,19 @@ log = logging.getLogger(__name__)
 
 def error_reply(status: int, etype: str, message: str) -> dict:
     return {"ok": False, "status": status, "error": {"message": message, "type": etype}}
+
+
+def _failure_reply(e: BaseException) -> dict:
+    """The reply for a request that failed with ``e`` (the same statuses as the swap path)."""
+    if isinstance(e, TenantUnavailableError):
+        return error_reply(503, "tenant_unavailable", str(e))
+    if isinstance(e, InputError):
+        return error_reply(400, "invalid_request", str(e))
+    if isinstance(e, InjectedFault):
+        return error_reply(500, "generation_failed", str(e))
+    if isinstance(e, CNSError):
+        return error_reply(500, type(e).__name__, str(e))
+    return error_reply(500, "generation_failed", f"generation failed: {type(e).__name__}: {e}")
 
 
 class GeneratorCore:
@@ -105,6 +120,63 @@ class GeneratorCore:
         self.counters["images"] += len(images)
         return {"ok": True, "images": images, "seed": req.seed, "version": served.version, "tenant": slot.tenant}
 
+    def generate_batch_sync(self, items: list[tuple[ServedTenant, GenerationRequest]]) -> list:
+        """The mixed path on the calling thread: per item its images, or the exception that failed it.
+
+        Items are validated one by one first (a tenant's foreign or mismatched delta fails only its requests), then
+        grouped by (size, steps, guidance); a group that fails fails its items only."""
+        from cns_ray.serve.batch import batch_key, generate_batch
+
+        t0 = time.perf_counter()
+        out: list = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (served, req) in enumerate(items):
+            try:
+                served.delta.validate(self.shapes, self.base.base_id, check_entries=False)
+            except CNSError as e:
+                out[i] = e
+                continue
+            groups.setdefault(batch_key(req, self.base.resolution), []).append(i)
+        try:
+            for idx in groups.values():
+                try:
+                    images = generate_batch(self.base, self.weights, [items[i] for i in idx], self.config.fault_marker)
+                except Exception as e:  # noqa: BLE001 - a failed group fails its own requests only
+                    if not isinstance(e, (CNSError, InjectedFault)):
+                        log.exception("mixed batch of %d failed", len(idx))
+                    images = [e] * len(idx)
+                for i, im in zip(idx, images):
+                    out[i] = im
+        finally:
+            self.busy_s += time.perf_counter() - t0
+            self.counters["batches"] = self.counters.get("batches", 0) + len(groups)
+        return out
+
+    async def generate_many(self, pairs: list[tuple[TenantSlot, GenerationRequest]]) -> list[dict]:
+        """The mixed path: one reply per (slot, request), generated together on the worker thread."""
+        self.counters["requests"] += len(pairs)
+        replies: list[dict | None] = [None] * len(pairs)
+        ready: list[tuple[int, ServedTenant, GenerationRequest]] = []
+        for i, (slot, req) in enumerate(pairs):
+            try:
+                ready.append((i, await slot.current(), req.with_seed()))
+            except TenantUnavailableError as e:
+                replies[i] = error_reply(503, "tenant_unavailable", str(e))
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.worker, self.generate_batch_sync, [(s, r) for _, s, r in ready])
+        for (i, served, req), res in zip(ready, results):
+            if isinstance(res, BaseException):
+                replies[i] = _failure_reply(res)
+            else:
+                replies[i] = {"ok": True, "images": res, "seed": req.seed, "version": served.version,
+                              "tenant": pairs[i][0].tenant}
+        for r in replies:
+            ok = bool(r and r["ok"])
+            self.counters["ok" if ok else "failed"] += 1
+            if ok:
+                self.counters["images"] += len(r["images"])
+        return replies
+
     async def digest(self) -> str:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.worker, weights_digest, self.base)
@@ -125,13 +197,23 @@ class Generator:
             return self.core.new_slot(tenant)
 
         self._slot = serve.multiplexed(max_num_models_per_replica=cfg.max_tenants_per_replica)(load_slot)
+        self._batched.set_max_batch_size(cfg.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
     async def generate(self, request: dict) -> dict:
         tenant = serve.get_multiplexed_model_id()
         if not tenant:
             return error_reply(400, "invalid_request", "no tenant: call with handle.options(multiplexed_model_id=tenant)")
+        if self.core.config.batch_mode == "mixed":
+            return await self._batched(tenant, request)
         slot = await self._slot(tenant)
         return await self.core.generate(slot, GenerationRequest(**request))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batched(self, tenants: list[str], requests: list[dict]) -> list[dict]:
+        """``mixed`` mode: the requests that arrived together, of any tenants, in as few pipeline calls as fit."""
+        pairs = [(await self._slot(t), GenerationRequest(**r)) for t, r in zip(tenants, requests)]
+        return await self.core.generate_many(pairs)
 
     async def reload(self) -> dict:
         """Re-read the tenant's head now (on this replica)."""

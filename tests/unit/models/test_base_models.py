@@ -16,29 +16,24 @@ def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_tiny_is_deterministic(tiny_base):
-    again = load_base_model("tiny")
-    assert again.base_id == tiny_base.base_id
-    assert len(tiny_base.base_id) == 16
+@pytest.mark.parametrize(
+    "spec, resolution, dim, folder",
+    [
+        (TINY, 32, 128, data_path("base", "tiny-world")),  # the default: the shipped trained model, from the package
+        (TINY_RANDOM, 64, 32, None),  # built in memory from configs
+    ],
+)
+def test_embedded_models_are_deterministic(request, spec, resolution, dim, folder):
+    first = request.getfixturevalue("tiny_base" if spec == TINY else "tiny_random")
+    again = load_base_model(spec)
+    assert again.base_id == first.base_id
+    assert len(first.base_id) == 16
     for part in ("unet", "text_encoder", "vae"):
-        assert _same_state(getattr(again, part), getattr(tiny_base, part)), part
-    assert again.tokenizer("a photo of a dog").input_ids == tiny_base.tokenizer("a photo of a dog").input_ids
-    # the default is the shipped trained model, loaded from the installed package
-    assert tiny_base.resolution == 32
-    assert tiny_base.unet.config.cross_attention_dim == 128
-    assert (tiny_base.source, tiny_base.folder) == (TINY, data_path("base", "tiny-world"))
-
-
-def test_tiny_random_is_deterministic(tiny_random):
-    again = load_base_model(TINY_RANDOM)
-    assert again.base_id == tiny_random.base_id
-    assert len(tiny_random.base_id) == 16
-    for part in ("unet", "text_encoder", "vae"):
-        assert _same_state(getattr(again, part), getattr(tiny_random, part)), part
-    assert again.tokenizer("a photo of a dog").input_ids == tiny_random.tokenizer("a photo of a dog").input_ids
-    assert tiny_random.resolution == 64
-    assert tiny_random.unet.config.cross_attention_dim == 32
-    assert (tiny_random.source, tiny_random.folder) == (TINY_RANDOM, None)  # built in memory
+        assert _same_state(getattr(again, part), getattr(first, part)), part
+    assert again.tokenizer("a photo of a dog").input_ids == first.tokenizer("a photo of a dog").input_ids
+    assert first.resolution == resolution
+    assert first.unet.config.cross_attention_dim == dim
+    assert (first.source, first.folder) == (spec, folder)
 
 
 def test_base_id_tracks_target_weights(fresh_tiny):

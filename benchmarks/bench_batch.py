@@ -1,0 +1,153 @@
+"""Mixed-tenant batches vs one request at a time with the delta swapped in: throughput of one generator replica.
+
+    nice -n 10 .venv/bin/python -m benchmarks.bench_batch            # full run (~5 minutes on 2 shared cores)
+    .venv/bin/python -m benchmarks.bench_batch --quick               # smoke run (~1 minute)
+
+Two parts, printed as markdown, both on the shipped default model ``tiny`` (32 px) and 8 tenants with random
+2% deltas (every request of a different tenant than its neighbour):
+1. In-process: N requests through ``generate_images`` one at a time (the swap path: what a ``batch_mode="swap"``
+   replica does) vs ``cns_ray.serve.batch.generate_batch`` in batches of 1, 4 and 8; images/s and the ratio to the
+   swap path; plus the largest pixel difference between the two paths' images.
+2. Over HTTP: the Serve app with ``batch_mode="swap"`` vs ``"mixed"`` (max_batch_size 8), one replica, the same
+   requests with 8 in flight (threads + httpx on 127.0.0.1): requests/s, p50/p95 latency.
+Wall-clock timings on a CPU machine shared with other jobs: compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import torch
+
+from benchmarks.bench_serve import free_port, pct, random_state, run_load
+from benchmarks.common import environment_lines, fmt_ms, markdown_table
+from cns_ray.config import StoreConfig
+from cns_ray.serve.batch import generate_batch
+from cns_ray.serve.swap import GenerationRequest, ServedTenant, generate_images
+from cns_ray.store import ConceptStore
+
+STEPS, GUIDANCE, DENSITY = 10, 4.0, 0.02
+
+
+def tenants_of(base, n: int) -> dict[str, ServedTenant]:
+    dim = base.text_encoder.get_input_embeddings().weight.shape[1]
+    out = {}
+    for i in range(n):
+        st = random_state(f"t{i}", base.target_shapes(), base.base_id, dim, DENSITY, 100 + i)
+        st.version = 1
+        out[f"t{i}"] = ServedTenant.from_state(st, "cpu", torch.float32)
+    return out
+
+
+def requests_for(names: list[str], n: int) -> list[tuple[str, GenerationRequest]]:
+    return [(names[i % len(names)], GenerationRequest(prompt=f"a large <{names[i % len(names)]}> shape at the center "
+             "on a grey background", steps=STEPS, guidance_scale=GUIDANCE, seed=i)) for i in range(n)]
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def bench_in_process(base, n_requests: int, n_tenants: int) -> list[list]:
+    weights = base.target_weights()
+    served = tenants_of(base, n_tenants)
+    reqs = requests_for(list(served), n_requests)
+    generate_images(base, weights, served["t0"], reqs[0][1])  # warm-up
+    t0 = time.perf_counter()
+    swap = [generate_images(base, weights, served[t], r)[0] for t, r in reqs]
+    swap_s = time.perf_counter() - t0
+    rows = [["swap path, one request at a time", f"{n_requests / swap_s:.2f}", "1.00x", "-"]]
+    for size in (1, 4, 8):
+        t0 = time.perf_counter()
+        out = []
+        for i in range(0, n_requests, size):
+            out += [imgs[0] for imgs in generate_batch(base, weights, [(served[t], r) for t, r in reqs[i : i + size]])]
+        s = time.perf_counter() - t0
+        diff = max(int(np.abs(_pixels(a) - _pixels(b)).max()) for a, b in zip(out, swap))
+        rows.append([f"mixed batches of {size} ({n_tenants} tenants interleaved)", f"{n_requests / s:.2f}",
+                     f"{swap_s / s:.2f}x", str(diff)])
+    return rows
+
+
+def bench_http(args, base) -> list[list]:
+    from ray import serve
+
+    from cns_ray.jobs.ray_env import init_ray
+    from cns_ray.serve.app import build_app
+    from cns_ray.serve.auth import hash_key
+    from cns_ray.serve.config import ServingConfig
+
+    tmp = tempfile.mkdtemp(prefix="cns-bench-batch-")
+    store = ConceptStore(StoreConfig(uri=tmp))
+    dim = base.text_encoder.get_input_embeddings().weight.shape[1]
+    names = [f"t{i}" for i in range(args.tenants)]
+    for i, t in enumerate(names):
+        store.commit(t, random_state(t, base.target_shapes(), base.base_id, dim, DENSITY, 100 + i), parent=None)
+    keys = {hash_key(f"key-{t}"): t for t in names}
+    jobs = [(f"key-{t}", r.prompt, r.seed) for t, r in requests_for(names, args.requests)]
+    init_ray("local", num_cpus=2)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    rows = []
+    try:
+        for mode in ("swap", "mixed"):
+            cfg = ServingConfig(store=tmp, torch_threads=1, num_cpus=0.5, replicas=1, default_steps=STEPS,
+                                default_guidance=GUIDANCE, api_keys=keys, read_env_keys=False, batch_mode=mode,
+                                max_batch_size=8, batch_wait_timeout_s=0.01,
+                                scheduler_name=f"bench-sched-{uuid.uuid4().hex[:6]}")
+            serve.run(build_app(cfg), name="cns-bench-batch", route_prefix="/")
+            run_load(url, jobs[: args.tenants], 1, 120, size=None, steps=None, guidance=None)  # every tenant resident, pipeline warm
+            r = run_load(url, jobs, args.concurrency, 600, size=None, steps=None, guidance=None)
+            rows.append([mode, f"{r['ok']}/{len(jobs)}", f"{r['ok'] / r['wall']:.2f}", fmt_ms(pct(r["lat"], 0.5)),
+                         fmt_ms(pct(r["lat"], 0.95)), r["ok"] / r["wall"]])
+            serve.delete("cns-bench-batch")
+        ref = rows[0][-1]
+        for row in rows:
+            row.insert(3, f"{row.pop() / ref:.2f}x")
+        return rows
+    finally:
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 16 requests")
+    ap.add_argument("--requests", type=int, default=None, help="requests per row (default 64, 16 with --quick)")
+    ap.add_argument("--tenants", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args(argv)
+    args.requests = args.requests or (16 if args.quick else 64)
+    from cns_ray.models import load_base_model
+
+    torch.set_num_threads(1)  # as in a replica here: 2 threads on 2 contended cores ran 5-10x slower
+    t_start = time.perf_counter()
+    print("## Mixed-tenant batches vs the swap path" + (" (--quick)" if args.quick else ""))
+    print("\n".join(environment_lines()))
+    print(f"- machine shared with other jobs (load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
+    base = load_base_model("tiny")
+    print(f"### 1. In-process, model `tiny` (32 px), {args.requests} requests, {STEPS} steps, guidance {GUIDANCE}, "
+          f"{args.tenants} tenants with {DENSITY:.0%} deltas, 1 torch thread\n")
+    print(markdown_table(["path", "images/s", "vs swap", "max pixel diff vs swap"],
+                         bench_in_process(base, args.requests, args.tenants)))
+    print(f"\n### 2. HTTP, one generator replica, {args.requests} requests, {args.concurrency} in flight\n")
+    print(markdown_table(["batch_mode", "ok", "requests/s", "vs swap", "p50 (ms)", "p95 (ms)"], bench_http(args, base)))
+    print(f"\nTotal {time.perf_counter() - t_start:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""The mixed-tenant batch path: requests of different tenants in one pipeline call; no shared weight is written.
+
+Cross-attention K and V depend only on the text. For a request with tenant delta ``dW`` and text states ``c``
+(``[T, in]``), each target layer's output is ``c W^T + c dW^T``: the base layer runs on the whole batch as usual and
+a forward hook adds each sample's own sparse term (``dW`` has ``nnz`` entries ``(row, col, value)``, so the term is
+``out[:, row] += c[:, col] * value``, ``T * nnz`` multiply-adds). The hooks live for one call, on the generator's
+single worker thread; the weights are never written, so a batch may hold any mix of tenants and a failure cannot
+leave a tenant's delta behind.
+
+Results equal the swap path (:func:`cns_ray.serve.swap.generate_images`) up to float rounding (``(W + dW) c`` vs
+``W c + dW c``) and, for deterministic samplers (DDIM with ``eta=0``, the default here), do not depend on what else
+is in the batch beyond that rounding: each request's initial noise is drawn from its own seed exactly as the swap
+path draws it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from cns_ray.delta import SparseDelta
+from cns_ray.errors import InputError
+from cns_ray.serve.prompts import encode_prompt
+from cns_ray.serve.swap import GenerationRequest, InjectedFault, ServedTenant, png_bytes
+
+
+@dataclass(frozen=True)
+class SampleDelta:
+    """One layer's delta in gather form: ``out[..., rows] += x[..., cols] * values``. All [nnz]."""
+
+    rows: torch.Tensor  # int64
+    cols: torch.Tensor  # int64
+    values: torch.Tensor  # the layer's dtype
+
+
+def sample_deltas(delta: SparseDelta, weights: dict[str, torch.Tensor], base_id: str) -> dict[str, SampleDelta]:
+    """Per layer, ``delta`` in gather form. Checks base_id, layer names and shapes (entries were validated at load)."""
+    delta.validate({n: tuple(w.shape) for n, w in weights.items()}, base_id, check_entries=False)
+    out = {}
+    for name, ld in delta.layers.items():
+        w = weights[name]  # [out, in]
+        idx = ld.index.to(device=w.device, dtype=torch.int64)
+        out[name] = SampleDelta(idx // w.shape[1], idx % w.shape[1], ld.value.to(device=w.device, dtype=w.dtype))
+    return out
+
+
+def add_sample_delta(out: torch.Tensor, x: torch.Tensor, d: SampleDelta) -> None:
+    """In place: ``out[T, out_features] += x[T, in_features] @ dW^T`` for one sample's sparse ``dW``."""
+    out.index_add_(-1, d.rows, x.index_select(-1, d.cols) * d.values)  # [T, nnz] summed into [T, out]
+
+
+@contextmanager
+def per_sample_deltas(modules: dict[str, torch.nn.Module], deltas: Sequence[dict[str, SampleDelta]]) -> Iterator[None]:
+    """While active, target linear ``name`` adds ``deltas[s % len(deltas)][name]`` to sample ``s`` of its output.
+
+    ``deltas`` has one entry per image; the pipeline's classifier-free guidance doubles the batch as
+    ``[uncond images, cond images]``, hence ``s % len(deltas)``. Hooks are removed on exit, error or cancel.
+    """
+    handles = []
+    n = len(deltas)
+
+    def hook_for(name: str):
+        def hook(_module, inputs, out):  # inputs[0]: [S, T, in]; out: [S, T, out]
+            x = inputs[0]
+            if x.shape[0] % n:
+                raise RuntimeError(f"batch of {x.shape[0]} at {name} is not a multiple of the {n} images")
+            for s in range(x.shape[0]):
+                d = deltas[s % n].get(name)
+                if d is not None:
+                    add_sample_delta(out[s], x[s], d)
+            return out
+
+        return hook
+
+    try:
+        for name in {n for ds in deltas for n in ds}:
+            handles.append(modules[name].register_forward_hook(hook_for(name)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def batch_key(req: GenerationRequest, resolution: int) -> tuple:
+    """Requests with one key can share a pipeline call (same size, steps, guidance)."""
+    return (req.height or resolution, req.width or resolution, req.steps, float(req.guidance_scale))
+
+
+@torch.no_grad()
+def generate_batch(
+    base,
+    weights: dict[str, torch.Tensor],
+    items: Sequence[tuple[ServedTenant, GenerationRequest]],
+    fault_marker: str | None = None,
+) -> list[list[bytes]]:
+    """PNG bytes per request, for requests of any tenants in one pipeline call. The shared weights are only read.
+
+    All requests must share :func:`batch_key` and carry a seed (``GenerationRequest.with_seed``). ``fault_marker``
+    (tests only): when a prompt contains it, the call fails mid-generation.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from cns_ray.targets import find_target_modules
+
+    if not items:
+        return []
+    pipe = base.pipeline
+    keys = {batch_key(r, base.resolution) for _, r in items}
+    if len(keys) != 1:
+        raise InputError(f"one batch needs one (height, width, steps, guidance), got {sorted(keys)}: group by batch_key")
+    if any(r.seed is None for _, r in items):
+        raise InputError("generate_batch needs a seed per request: call GenerationRequest.with_seed() first")
+    height, width, steps, guidance = keys.pop()
+    dtype, device = pipe.unet.dtype, pipe.unet.device
+    per_tenant: dict[int, dict[str, SampleDelta]] = {}
+    cond, uncond, latents, deltas = [], [], [], []
+    for served, req in items:
+        if id(served) not in per_tenant:
+            per_tenant[id(served)] = sample_deltas(served.delta, weights, base.base_id)
+        c = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.prompt, served.tokens)  # [1, T, D]
+        u = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.negative_prompt, served.tokens)  # [1, T, D]
+        shape = (req.n, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        gen = torch.Generator(device="cpu").manual_seed(int(req.seed))
+        latents.append(randn_tensor(shape, generator=gen, device=device, dtype=dtype))  # as the pipeline draws it
+        cond.append(c.expand(req.n, -1, -1))
+        uncond.append(u.expand(req.n, -1, -1))
+        deltas += [per_tenant[id(served)]] * req.n
+    callback = None
+    if fault_marker and any(fault_marker in r.prompt for _, r in items):
+
+        def callback(_pipe, step, _t, kwargs):
+            if step >= min(1, steps - 1):
+                raise InjectedFault(f"injected fault at step {step} for a prompt containing {fault_marker!r}")
+            return kwargs
+
+    with per_sample_deltas(find_target_modules(pipe.unet), deltas):
+        out = pipe(
+            prompt_embeds=torch.cat(cond).to(dtype),  # [N, T, D], one row per image
+            negative_prompt_embeds=torch.cat(uncond).to(dtype),
+            latents=torch.cat(latents),  # [N, C, h, w]
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            num_images_per_prompt=1,
+            output_type="pil",
+            callback_on_step_end=callback,
+        )
+    images = [png_bytes(im) for im in out.images]
+    result, start = [], 0
+    for _, req in items:
+        result.append(images[start : start + req.n])
+        start += req.n
+    return result

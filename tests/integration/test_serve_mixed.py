@@ -1,0 +1,115 @@
+"""The Serve app in ``batch_mode="mixed"`` over real HTTP on 127.0.0.1: requests of different tenants share pipeline
+calls, each gets the image it gets alone (up to the UNet's batch-size rounding: a pixel level or two), a broken
+tenant fails only its own requests, and the shared base weights are never written."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import free_port
+from serve_states import random_state
+
+pytestmark = pytest.mark.slow
+
+TENANTS = ("m1", "m2", "m3")
+FAULT = "__FAIL_HERE__"
+
+
+def key(t: str) -> str:
+    return f"key-{t}"
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, tiny_base, tmp_path_factory):
+    import httpx
+    from ray import serve
+
+    from cns_ray.config import StoreConfig
+    from cns_ray.serve.app import build_app
+    from cns_ray.serve.auth import hash_key
+    from cns_ray.serve.config import ServingConfig
+    from cns_ray.store import ConceptStore
+
+    root = str(tmp_path_factory.mktemp("serve-mixed-store"))
+    store = ConceptStore(StoreConfig(uri=root))
+    for i, t in enumerate(TENANTS):
+        store.commit(t, random_state(tiny_base, t, seed=30 + i, tokens=(f"<{t}>",), density=0.02, scale=0.3), parent=None)
+    store.commit("foreign", random_state(tiny_base, "foreign", 40, base_id="0123456789abcdef"), parent=None)
+    cfg = ServingConfig(
+        store=root, torch_threads=1, num_cpus=0.5, default_steps=2, max_steps=8, max_n=2, read_env_keys=False,
+        api_keys={hash_key(key(t)): t for t in (*TENANTS, "foreign", "fresh")}, fault_marker=FAULT,
+        batch_mode="mixed", max_batch_size=8, batch_wait_timeout_s=0.2,
+    )
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(cfg), name="cns-mixed", route_prefix="/")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=180)
+    yield {"client": client, "gen": serve.get_deployment_handle("Generator", app_name="cns-mixed")}
+    client.close()
+    serve.delete("cns-mixed")
+
+
+def post(client, tenant, prompt, seed=1, **extra):
+    body = {"prompt": prompt, "seed": seed, "steps": 2, **extra}
+    return client.post("/v1/images/generations", json=body, headers={"Authorization": f"Bearer {key(tenant)}"})
+
+
+def pixels(resp) -> np.ndarray:
+    assert resp.status_code == 200, resp.text
+    png = base64.b64decode(resp.json()["data"][0]["b64_json"])
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def test_mixed_tenants_share_calls_and_match_alone(app, tiny_base):
+    from cns_ray.serve.swap import weights_digest
+
+    client, gen = app["client"], app["gen"]
+    before = gen.weights_digest.remote().result()
+    assert before == weights_digest(tiny_base)
+    combos = [(t, f"a large <{t}> shape at the center on a {bg} background", s)
+              for t in (*TENANTS, "fresh") for bg in ("grey", "white") for s in (1, 2)]
+    alone = {c: pixels(post(client, *c)) for c in combos}  # one at a time: batches of one
+    calls_alone = gen.stats.remote().result()["batches"]
+    assert len({a.tobytes() for a in alone.values()}) == len(combos)  # tenants, prompts and seeds all matter
+
+    jobs = [combos[(i * 7) % len(combos)] for i in range(2 * len(combos))]  # interleaved tenants
+    jobs += [("foreign", "a <x> shape", i) for i in range(4)]  # refused at load: fails alone, not its batch-mates
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda c: (c, post(client, *c)), jobs))
+    for c, r in results:
+        if c[0] == "foreign":
+            assert r.status_code == 503 and "0123456789abcdef" in r.text, r.text
+            continue
+        diff = np.abs(pixels(r) - alone[c])
+        assert diff.max() <= 3 and diff.mean() < 0.1, (c, int(diff.max()), float(diff.mean()))
+    stats = gen.stats.remote().result()
+    calls = stats["batches"] - calls_alone
+    assert calls < 2 * len(combos)  # requests of different tenants shared pipeline calls
+    assert gen.weights_digest.remote().result() == before  # nothing was ever written
+
+
+def test_a_failing_call_fails_its_requests_and_leaves_the_replica_clean(app):
+    client, gen = app["client"], app["gen"]
+    before = gen.weights_digest.remote().result()
+    ok_before = pixels(post(client, "m1", "a small <m1> shape at the left on a black background", 4))
+    r = post(client, "m2", f"{FAULT} <m2>", 1)
+    assert r.status_code == 500 and "injected fault" in r.text
+    assert gen.weights_digest.remote().result() == before
+    again = pixels(post(client, "m1", "a small <m1> shape at the left on a black background", 4))
+    assert np.array_equal(again, ok_before)  # no hook or delta left behind
+
+
+def test_batch_mode_is_validated():
+    from cns_ray.errors import ConfigError
+    from cns_ray.serve.config import ServingConfig
+
+    with pytest.raises(ConfigError, match="batch_mode='fused' must be 'swap' or 'mixed'"):
+        ServingConfig(batch_mode="fused")
+    with pytest.raises(ConfigError, match="max_batch_size=0"):
+        ServingConfig(max_batch_size=0)
