@@ -106,10 +106,15 @@ def bench_http(args, base) -> list[list]:
                                 max_batch_size=8, batch_wait_timeout_s=0.01,
                                 scheduler_name=f"bench-sched-{uuid.uuid4().hex[:6]}")
             serve.run(build_app(cfg), name="cns-bench-batch", route_prefix="/")
+            gen = serve.get_deployment_handle("Generator", app_name="cns-bench-batch")
             run_load(url, jobs[: args.tenants], 1, 120, size=None, steps=None, guidance=None)  # every tenant resident, pipeline warm
+            s0 = gen.stats.remote().result()
             r = run_load(url, jobs, args.concurrency, 600, size=None, steps=None, guidance=None)
+            s1 = gen.stats.remote().result()
+            calls = s1["batches"] - s0["batches"] if mode == "mixed" else s1["requests"] - s0["requests"]
             rows.append([mode, f"{r['ok']}/{len(jobs)}", f"{r['ok'] / r['wall']:.2f}", fmt_ms(pct(r["lat"], 0.5)),
-                         fmt_ms(pct(r["lat"], 0.95)), r["ok"] / r["wall"]])
+                         fmt_ms(pct(r["lat"], 0.95)), f"{(s1['requests'] - s0['requests']) / max(calls, 1):.1f}",
+                         f"{(s1['busy_s'] - s0['busy_s']) / r['wall']:.0%}", r["ok"] / r["wall"]])
             serve.delete("cns-bench-batch")
         ref = rows[0][-1]
         for row in rows:
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(["path", "images/s", "vs swap", "max pixel diff vs swap"],
                          bench_in_process(base, args.requests, args.tenants)))
     print(f"\n### 2. HTTP, one generator replica, {args.requests} requests, {args.concurrency} in flight\n")
-    print(markdown_table(["batch_mode", "ok", "requests/s", "vs swap", "p50 (ms)", "p95 (ms)"], bench_http(args, base)))
+    print(markdown_table(["batch_mode", "ok", "requests/s", "vs swap", "p50 (ms)", "p95 (ms)", "requests per call",
+                          "replica busy"], bench_http(args, base)))
     print(f"\nTotal {time.perf_counter() - t_start:.0f} s.")
     return 0
 

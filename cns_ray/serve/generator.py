@@ -67,7 +67,8 @@ class GeneratorCore:
             store = ConceptStore(StoreConfig(uri=config.store))
         self.store = store
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cns-swap")
-        self.counters = {"requests": 0, "ok": 0, "failed": 0, "images": 0, "tenant_loads": 0}
+        # batches: pipeline calls of the mixed path (requests / batches = its mean batch size)
+        self.counters = {"requests": 0, "ok": 0, "failed": 0, "images": 0, "tenant_loads": 0, "batches": 0}
         self.busy_s = 0.0
 
     # ---------------------------------------------------------------- tenants
@@ -149,7 +150,7 @@ class GeneratorCore:
                     out[i] = im
         finally:
             self.busy_s += time.perf_counter() - t0
-            self.counters["batches"] = self.counters.get("batches", 0) + len(groups)
+            self.counters["batches"] += len(groups)
         return out
 
     async def generate_many(self, pairs: list[tuple[TenantSlot, GenerationRequest]]) -> list[dict]:
@@ -200,8 +201,13 @@ class Generator:
         self._batched.set_max_batch_size(cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
-    async def generate(self, request: dict) -> dict:
-        tenant = serve.get_multiplexed_model_id()
+    async def generate(self, request: dict, tenant: str | None = None) -> dict:
+        """One request of ``tenant`` (``mixed`` mode: given as an argument; ``swap``: the multiplexed model id).
+
+        In ``mixed`` mode requests carry no multiplexed model id, because Serve's batcher splits a batch by it (one
+        model per batch): tenants are then not routed to the replicas that hold them; each replica keeps its own LRU
+        of ``max_tenants_per_replica`` states, loaded on first use."""
+        tenant = tenant or serve.get_multiplexed_model_id()
         if not tenant:
             return error_reply(400, "invalid_request", "no tenant: call with handle.options(multiplexed_model_id=tenant)")
         if self.core.config.batch_mode == "mixed":

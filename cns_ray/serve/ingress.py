@@ -257,7 +257,10 @@ class Ingress:
         who = self._who(request)
         size, _ = await self._info()
         gen = build_generation(body, self.cfg, size)
-        reply = await self.gen.options(multiplexed_model_id=who.tenant).generate.remote(gen)
+        if self.cfg.batch_mode == "mixed":  # no multiplexed id: Serve's batcher splits batches by it
+            reply = await self.gen.generate.remote(gen, tenant=who.tenant)
+        else:
+            reply = await self.gen.options(multiplexed_model_id=who.tenant).generate.remote(gen)
         if not reply["ok"]:
             raise ApiError(reply["status"], reply["error"]["type"], reply["error"]["message"])
         headers = {"X-CNS-Seed": str(reply["seed"]), "X-CNS-Version": str(reply["version"])}

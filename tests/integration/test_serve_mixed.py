@@ -46,13 +46,14 @@ def app(ray_local, tiny_base, tmp_path_factory):
         api_keys={hash_key(key(t)): t for t in (*TENANTS, "foreign", "fresh")}, fault_marker=FAULT,
         batch_mode="mixed", max_batch_size=8, batch_wait_timeout_s=0.2,
     )
+    serve.shutdown()  # a Serve left by another module keeps its HTTP port: start ours fresh
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name="cns-mixed", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=180)
     yield {"client": client, "gen": serve.get_deployment_handle("Generator", app_name="cns-mixed")}
     client.close()
-    serve.delete("cns-mixed")
+    serve.shutdown()
 
 
 def post(client, tenant, prompt, seed=1, **extra):
@@ -90,7 +91,7 @@ def test_mixed_tenants_share_calls_and_match_alone(app, tiny_base):
         assert diff.max() <= 3 and diff.mean() < 0.1, (c, int(diff.max()), float(diff.mean()))
     stats = gen.stats.remote().result()
     calls = stats["batches"] - calls_alone
-    assert calls < 2 * len(combos)  # requests of different tenants shared pipeline calls
+    assert calls <= len(jobs) / 2, calls  # requests of different tenants shared pipeline calls (8 in flight)
     assert gen.weights_digest.remote().result() == before  # nothing was ever written
 
 
