@@ -1,4 +1,4 @@
-"""Ray Serve endpoint: ingress (FastAPI) + generator (shared base, per-request tenant swap).
+"""Ray Serve endpoint: ingress (FastAPI) + generator (shared base; per-request tenant swap, or mixed-tenant batches).
 
 Light on import: Ray and the models load only when the app is built.
 """
