@@ -3,7 +3,7 @@
 Cross-attention K and V depend only on the text. For a request with tenant delta ``dW`` and text states ``c``
 (``[T, in]``), each target layer's output is ``c W^T + c dW^T``: the base layer runs on the whole batch as usual and
 a forward hook adds each sample's own sparse term (``dW`` has ``nnz`` entries ``(row, col, value)``, so the term is
-``out[:, row] += c[:, col] * value``, ``T * nnz`` multiply-adds). The hooks live for one call, on the generator's
+``out[:, row] += c[:, col] * value``, ``T * nnz`` multiply-adds, computed at the first denoising step and reused). The hooks live for one call, on the generator's
 single worker thread; the weights are never written, so a batch may hold any mix of tenants and a failure cannot
 leave a tenant's delta behind.
 
@@ -57,21 +57,29 @@ def per_sample_deltas(modules: dict[str, torch.nn.Module], deltas: Sequence[dict
     """While active, target linear ``name`` adds ``deltas[s % len(deltas)][name]`` to sample ``s`` of its output.
 
     ``deltas`` has one entry per image; the pipeline's classifier-free guidance doubles the batch as
-    ``[uncond images, cond images]``, hence ``s % len(deltas)``. Hooks are removed on exit, error or cancel.
+    ``[uncond images, cond images]``, hence ``s % len(deltas)``. The text states are the same tensor at every
+    denoising step, so each layer computes its term once per call and adds it after (K/V-sized memory per layer,
+    freed with the hooks). Hooks are removed on exit, error or cancel.
     """
     handles = []
     n = len(deltas)
 
     def hook_for(name: str):
+        memo: list = []  # [(x, term)]: x is held, so ``is`` cannot match a new tensor at a reused address
+
         def hook(_module, inputs, out):  # inputs[0]: [S, T, in]; out: [S, T, out]
             x = inputs[0]
+            if memo and memo[0][0] is x:  # the same text states as the previous denoising step
+                return out.add_(memo[0][1])
             if x.shape[0] % n:
                 raise RuntimeError(f"batch of {x.shape[0]} at {name} is not a multiple of the {n} images")
+            term = torch.zeros_like(out)  # [S, T, out]: every sample's c dW^T
             for s in range(x.shape[0]):
                 d = deltas[s % n].get(name)
                 if d is not None:
-                    add_sample_delta(out[s], x[s], d)
-            return out
+                    add_sample_delta(term[s], x[s], d)
+            memo[:] = [(x, term)]
+            return out.add_(term)
 
         return hook
 

@@ -44,6 +44,30 @@ def test_sparse_term_equals_the_dense_delta_matmul():
     torch.testing.assert_close(out, x @ (w + dense).T)
 
 
+def test_hook_adds_each_samples_term_once_per_text_and_recomputes_for_new_text():
+    from cns_ray.serve.batch import per_sample_deltas
+
+    g = torch.Generator().manual_seed(1)
+    lin = torch.nn.Linear(5, 6, bias=False)
+    w = lin.weight.detach()
+    deltas = []
+    for seed in (0, 1):  # two "tenants"
+        idx = torch.randperm(30, generator=torch.Generator().manual_seed(seed))[:7].sort().values
+        deltas.append(sample_deltas(SparseDelta("b", {"l": (6, 5)}, {"l": LayerDelta(idx, torch.randn(7, generator=g))}),
+                                    {"l": w}, "b"))
+    dense = [w + torch.zeros(30).index_add_(0, d["l"].rows * 5 + d["l"].cols, d["l"].values).view(6, 5) for d in deltas]
+    x = torch.randn(4, 3, 5, generator=g)  # CFG-doubled batch of 2 images: samples 0,2 -> tenant 0; 1,3 -> tenant 1
+    want = torch.stack([x[s] @ dense[s % 2].T for s in range(4)])
+    with torch.no_grad(), per_sample_deltas({"l": lin}, deltas):
+        first, again = lin(x), lin(x)  # the second call reuses the term computed for this x
+        other = torch.randn(4, 3, 5, generator=g)
+        new = lin(other)
+    torch.testing.assert_close(first, want)
+    torch.testing.assert_close(again, want)
+    torch.testing.assert_close(new, torch.stack([other[s] @ dense[s % 2].T for s in range(4)]))
+    assert not lin._forward_hooks
+
+
 def test_a_mixed_batch_gives_each_request_its_swap_path_image(tiny_base, tenants):
     weights = tiny_base.target_weights()
     before = weights_digest(tiny_base)
