@@ -5,8 +5,9 @@ hold its state. Every use of the shared pipeline (generation, the weights digest
 loads run beside it (they only read the store). ``batch_mode="swap"`` runs one request at a time with the tenant's
 delta swapped into the weights (so a replica never has two tenants' deltas in at once); ``"mixed"`` gathers up to
 ``max_batch_size`` requests of any tenants (``serve.batch``) into one pipeline call per (size, steps, guidance),
-each request's delta added per sample, the weights never written (cns_ray/serve/batch.py). Expected failures come back as ``{"ok": False, "status", "error": {"message", "type"}}`` so the ingress
-can answer with the right HTTP status whatever Ray does to exception types.
+each request's delta added per sample, the weights never written (cns_ray/serve/batch.py). Expected failures come
+back as ``{"ok": False, "status", "error": {"message", "type"}}`` so the ingress can answer with the right HTTP
+status whatever Ray does to exception types.
 """
 
 from __future__ import annotations
@@ -101,22 +102,11 @@ class GeneratorCore:
             req = req.with_seed()
             loop = asyncio.get_running_loop()
             images = await loop.run_in_executor(self.worker, self.generate_sync, served, req)
-        except TenantUnavailableError as e:
-            self.counters["failed"] += 1
-            return error_reply(503, "tenant_unavailable", str(e))
-        except InputError as e:
-            self.counters["failed"] += 1
-            return error_reply(400, "invalid_request", str(e))
-        except InjectedFault as e:
-            self.counters["failed"] += 1
-            return error_reply(500, "generation_failed", str(e))
-        except CNSError as e:
-            self.counters["failed"] += 1
-            return error_reply(500, type(e).__name__, str(e))
         except Exception as e:  # noqa: BLE001 - any failure is one request's, the replica keeps serving
             self.counters["failed"] += 1
-            log.exception("generation failed for tenant %s", slot.tenant)
-            return error_reply(500, "generation_failed", f"generation failed: {type(e).__name__}: {e}")
+            if not isinstance(e, (CNSError, InjectedFault)):
+                log.exception("generation failed for tenant %s", slot.tenant)
+            return _failure_reply(e)
         self.counters["ok"] += 1
         self.counters["images"] += len(images)
         return {"ok": True, "images": images, "seed": req.seed, "version": served.version, "tenant": slot.tenant}
