@@ -33,12 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from cns_ray.jobs.ray_env import init_ray
+    from cns_ray.jobs.ray_env import check_gpu_request, init_ray
     from cns_ray.jobs.train import run_learning
 
     try:
         request, cfg = learn_request_and_config(args)
         mode = init_ray(args.address)
+        check_gpu_request(cfg.use_gpu, mode)
         what = f"{request.tenant}/{request.concept} ({cfg.steps} steps, {cfg.num_workers} worker(s))"
         print(f"ray: {mode}; learning {what}", flush=True)
         t0, last = time.monotonic(), [0.0]

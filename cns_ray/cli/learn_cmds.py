@@ -140,11 +140,11 @@ def register(sub) -> None:
 
 
 def cmd_learn(args) -> int:
-    from cns_ray.jobs.ray_env import init_ray
+    from cns_ray.jobs.ray_env import check_gpu_request, init_ray
     from cns_ray.learn import tqdm_progress
 
     request, cfg = learn_request_and_config(args)
-    init_ray(args.address)
+    check_gpu_request(cfg.use_gpu, init_ray(args.address))
     if args.queue:
         return _learn_queued(args, request, cfg)
     from cns_ray.jobs.train import run_learning

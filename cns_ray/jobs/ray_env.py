@@ -86,3 +86,15 @@ def _loopback_only() -> None:
         rc.ENABLE_RAY_CLUSTER = False
     except (ImportError, AttributeError):  # a Ray without the constant: the environment alone must do
         log.debug("ray_constants.ENABLE_RAY_CLUSTER not found; relying on the environment")
+
+
+def check_gpu_request(use_gpu: bool, mode: str) -> None:
+    """Fail fast when a run asks for GPUs that a private local Ray (``mode == "local"``) does not have; an attached
+    cluster may still scale GPU workers up, so it is left to wait for them."""
+    if use_gpu and mode == "local" and gpus_available() == 0:
+        from cns_ray.errors import ConfigError
+
+        raise ConfigError(
+            "--gpu was given, but the local Ray started here has 0 GPUs (none detected): drop --gpu, or attach to a "
+            "GPU cluster with --address (e.g. auto, HEAD:6379)"
+        )

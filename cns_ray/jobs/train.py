@@ -109,7 +109,9 @@ def run_learning(
     :class:`CommitConflictError` when someone else moved the tenant's head meanwhile.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cns_ray.device import process_group_backend, workers_have_cuda
 
     from cns_ray.store import ConceptStore
 
@@ -127,6 +129,7 @@ def run_learning(
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
+    backend = process_group_backend(cfg.use_gpu, cfg.use_gpu and workers_have_cuda(resources))
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={
@@ -137,6 +140,7 @@ def run_learning(
             "relay": relay,
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend=backend),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,
@@ -146,8 +150,8 @@ def run_learning(
         ),
     )
     log.info(
-        "learning %s/%s on parent %s: run %s (%d worker(s))",
-        request.tenant, request.concept, parent, run_name, cfg.num_workers,
+        "learning %s/%s on parent %s: run %s (%d worker(s), gpu=%s, process group %s)",
+        request.tenant, request.concept, parent, run_name, cfg.num_workers, cfg.use_gpu, backend,
     )
     stop = threading.Event()
     poller = None
@@ -292,11 +296,18 @@ def _restore(learner) -> list[int]:
     return [*meta.get("resumes", []), int(meta["step"])]
 
 
+def _backend_name() -> str | None:
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+
+
 def _train_loop(config: dict) -> None:
     import ray.train
     import torch
 
     from cns_ray.jobs.inputs import materialize_images
+    from cns_ray.device import train_worker_device
     from cns_ray.learn import CNSLearner, ConceptRequest
     from cns_ray.models import load_base_model
     from cns_ray.store import ConceptStore
@@ -307,13 +318,14 @@ def _train_loop(config: dict) -> None:
     request = ConceptRequest(**config["request"])
     relay = config.get("relay")
     images = None
-    if not cfg.use_gpu:
+    device = train_worker_device(cfg.use_gpu)  # the device Ray Train assigned (the CPU without CUDA)
+    if device.type == "cpu":
         # A worker asks for a fraction of the cores; torch's default (all cores) oversubscribes them badly.
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     try:
         from cns_ray.jobs.calibrate import general_masks
 
-        base = load_base_model(config["base_model"])
+        base = load_base_model(config["base_model"], device=str(device))
         store = ConceptStore(StoreConfig(uri=config["store_uri"]))
         images = materialize_images(request.images, config["store_uri"])
         general = general_masks(base, store, cfg.selection)  # cached in the store per (base, prompts, ratio)
@@ -333,7 +345,8 @@ def _train_loop(config: dict) -> None:
         state = learner.result()
         for rec in state.concepts:
             if rec.name == request.concept:
-                rec.stats = {**(rec.stats or {}), "resumed_from_steps": resumes, "train_workers": world}
+                rec.stats = {**(rec.stats or {}), "resumed_from_steps": resumes, "train_workers": world,
+                             "train_device": str(learner.device), "process_group": _backend_name()}
         files = {RESULT_FILE: _torch_save(state), META_FILE: _write_json({"step": total, "resumes": resumes})}
         _report({"step": total, "total": total, "loss": loss, "final": True}, files if rank == 0 else {})
     except CNSError as e:
