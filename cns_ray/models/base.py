@@ -1,8 +1,8 @@
 """Base models: the embedded ``tiny`` default (shipped, trained on the toy world), the ``tiny-random`` test model,
 or a diffusers-format folder (local, or ``s3://`` synced to a cache).
 
-``base_id`` fingerprints the UNet config and the target weights, so a state learned on one base is refused on
-another. Weights are hashed after a cast to float16, so the same checkpoint loaded in fp16 or fp32 gets one id.
+``base_id`` (:mod:`cns_ray.models.base_id`) fingerprints the target weights and the shape-determining UNet config, so
+a state learned on one base is refused on another.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from cns_ray.errors import ModelLoadError
+from cns_ray.models.base_id import compute_base_id
 from cns_ray.targets import Target, find_target_modules, target_specs
 
 log = logging.getLogger(__name__)
@@ -36,17 +37,6 @@ EMBEDDED_MODELS = (TINY, TINY_WORLD, TINY_RANDOM)
 itself, from the installed package."""
 TINY_FOLDER = ("base", "tiny-world")
 """Where :data:`TINY` lives: ``cns_ray.data.data_path(*TINY_FOLDER)``."""
-
-
-def compute_base_id(unet) -> str:
-    """sha256 (first 16 hex) of the UNet config (public keys) and its target weights in float16."""
-    h = hashlib.sha256()
-    cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    for name, mod in find_target_modules(unet).items():
-        h.update(name.encode())
-        h.update(mod.weight.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @dataclass
