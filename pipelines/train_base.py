@@ -30,8 +30,9 @@ log = logging.getLogger("train_base")
 RESOLUTION = 32
 PATCH = 4
 TEXT_DIM = 128
-MAX_TOKENS = 32
-"""Prompt length (tokens, with start/end): world captions take ~17; shorter than CLIP's 77 to save compute."""
+MAX_TOKENS = 48
+"""Prompt length (tokens, with start/end): the longest v2 captions (two objects, every word) take ~40; shorter than
+CLIP's 77 to save compute."""
 
 
 def build_tokenizer():
@@ -39,11 +40,11 @@ def build_tokenizer():
     from cns_ray.models.tokenizer import train_bpe_tokenizer
     from cns_ray.world.scene import all_words, caption, sample_scenes
 
-    corpus = [caption(s) for s in sample_scenes(2000, seed=12345)] + [" ".join(all_words())] * 20
+    corpus = [caption(s) for s in sample_scenes(3000, seed=12345, allow_held_out=True)] + [" ".join(all_words())] * 20
     return train_bpe_tokenizer(corpus, vocab_size=600, model_max_length=MAX_TOKENS)
 
 
-def build_components(tokenizer, seed: int):
+def build_components(tokenizer, seed: int, channels: tuple[int, int] = (64, 128)):
     """Fresh UNet, text encoder, patch autoencoder and schedulers (weights from ``seed``)."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -56,7 +57,7 @@ def build_components(tokenizer, seed: int):
         sample_size=RESOLUTION // PATCH,
         in_channels=latent,
         out_channels=latent,
-        block_out_channels=(64, 128),
+        block_out_channels=tuple(channels),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
@@ -113,15 +114,26 @@ def save_folder(out: Path, ema_unet, ema_text, tokenizer, vae, scheduler, meta: 
     keep = out / "train_state.pt"
     if keep.exists():
         shutil.move(str(keep), tmp / "train_state.pt")
+    old = out.with_name(out.name + ".old")
     if out.exists():
-        shutil.rmtree(out)
+        out.rename(old)  # a kill from here on leaves .old or .tmp complete: recover() picks it up
     tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover(out: Path) -> None:
+    """After a kill inside :func:`save_folder`: put the newest complete folder back at ``out``."""
+    for side in (out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")):
+        if not out.exists() and side.exists() and (side / "train_state.pt").exists():
+            side.rename(out)
+            log.info("recovered %s from %s", out, side.name)
 
 
 REFERENCE_PROMPTS = (
-    "a large plain red circle shape at the center on a white background",
-    "a large striped blue square shape at the left on a black background",
-    "a small plain yellow triangle shape at the right on a grey background",
+    "a large plain red circle at the center on a white background",
+    "a large striped blue and yellow square with a white dot at the left on a black background",
+    "a small plain yellow triangle at the left and a small two-tone purple and orange cross at the right on a grey background",
 )
 REFERENCE_STEPS = 10
 
@@ -168,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.99, help="EMA decay (ramped up from 0)")
-    p.add_argument("--images", type=int, default=4000, help="world images rendered once (seeded)")
+    p.add_argument("--ema", type=float, default=0.995, help="EMA decay (ramped up from 0)")
+    p.add_argument("--images", type=int, default=30000,
+                   help="world scenes rendered once (seeded); captions are re-drawn with word dropout every step")
     p.add_argument("--dropout", type=float, default=0.1, help="caption dropout (for classifier-free guidance)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=int, nargs=2, default=(96, 192), help="UNet block widths (default %(default)s)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; on a shared 2-core machine 2 threads ran 30x slower than 1 (OpenMP spin-waits)")
     p.add_argument("--save-every", type=int, default=200)
@@ -186,15 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import DDPMScheduler
 
     from cns_ray.world.dataset import to_tensor, world_samples
+    from cns_ray.world.scene import sample_caption
 
     out = Path(args.out)
     t_start = time.monotonic()
     tokenizer = build_tokenizer()
-    unet, text_encoder, vae, scheduler = build_components(tokenizer, args.seed)
+    unet, text_encoder, vae, scheduler = build_components(tokenizer, args.seed, args.channels)
     noise_sched = DDPMScheduler.from_config(scheduler.config)
+    recover(out)
     samples = world_samples(args.images, seed=args.seed + 1, resolution=RESOLUTION)
-    latents_all = vae.encode(to_tensor([s.image for s in samples])).latent_dist.mean  # [N, 48, 8, 8]
-    captions = [s.caption for s in samples]
+    latents_all = torch.cat([vae.encode(to_tensor([s.image for s in samples[i : i + 2000]])).latent_dist.mean
+                             for i in range(0, len(samples), 2000)])  # [N, 48, 8, 8]
+    scenes = [s.scene for s in samples]
     log.info("world: %d images rendered in %.1fs; vocab %d; unet %.2fM params, text %.2fM",
              len(samples), time.monotonic() - t_start, len(tokenizer),
              sum(x.numel() for x in unet.parameters()) / 1e6, sum(x.numel() for x in text_encoder.parameters()) / 1e6)
@@ -229,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         pick = torch.randint(0, len(samples), (args.batch,), generator=gen)
         x0 = latents_all[pick]  # [B, 48, 8, 8]
-        ids = encode(tokenizer, ids_cache, [captions[i] for i in pick.tolist()])  # [B, T]
+        cap_rng = np.random.default_rng([args.seed, step])
+        ids = encode(tokenizer, ids_cache, [sample_caption(scenes[i], cap_rng) for i in pick.tolist()])  # [B, T]
         drop = torch.rand(args.batch, generator=gen) < args.dropout
         ids[drop] = empty
         noise = torch.randn(x0.shape, generator=gen)

@@ -106,7 +106,7 @@ def cmd_select(args) -> int:
     from cns_ray.config import SelectionConfig
     from cns_ray.errors import InputError
     from cns_ray.jobs.calibrate import general_masks_info
-    from cns_ray.learn.data import list_images, read_captions
+    from cns_ray.learn.data import list_images, read_captions, selection_caption
     from cns_ray.select import select_concept
 
     cfg = SelectionConfig(select_ratio=args.select_ratio, budget=args.budget)
@@ -118,7 +118,7 @@ def cmd_select(args) -> int:
                 given = [line for line in f.read().splitlines() if line.strip()]
         except OSError as e:
             raise InputError(f"--captions {args.captions!r} could not be read ({e}): give a text file, a line per image") from e
-    captions = read_captions(files, args.class_word, given)
+    captions = [selection_caption(c) for c in read_captions(files, args.class_word, given)]  # as the learner scores them
     base, store, prompts = _setup(args)
     t0 = time.perf_counter()
     gen = general_masks_info(base, store, cfg, prompts, args.actors, _progress)

@@ -31,7 +31,7 @@ class ConceptData:
     """A concept's images and their training captions (with the placeholder token)."""
 
     images: torch.Tensor  # [N, 3, S, S] float32 in [-1, 1], S = load_size >= resolution
-    captions: list[str]  # [N] captions as given (with the class word, no placeholder): used for selection
+    captions: list[str]  # [N] training captions without the placeholder (selection_caption): what selection scores
     train_captions: list[str]  # [N] captions with the placeholder token
     resolution: int
     files: list[str]
@@ -123,12 +123,29 @@ def read_captions(files: list[Path], class_word: str, captions: list[str] | None
     return captions[:n]
 
 
+PLACEHOLDER_RE = re.compile(r"<[^<>\s]+>")
+"""A placeholder token as captions write it: ``<rex>``."""
+
+
 def with_placeholder(caption: str, token: str, class_word: str) -> str:
-    """``"a photo of a dog"`` -> ``"a photo of a <tok> dog"``; ``"<tok> dog, ..."`` prepended if the word is absent."""
+    """The training caption: ``"a photo of a dog"`` -> ``"a photo of a <tok> dog"``; ``"<tok> dog, ..."`` prepended
+    if the class word is absent; a caption that already holds ``token`` (``"a photo of <tok> dog"``, the natural way
+    to write one) is used as it is."""
+    if re.search(rf"(?<!\S){re.escape(token)}(?!\S)", caption):
+        return caption
     m = re.search(rf"(?<![\w<]){re.escape(class_word)}(?!\w)", caption, flags=re.IGNORECASE)
     if m:
         return f"{caption[: m.start()]}{token} {caption[m.start():]}"
     return f"{token} {class_word}, {caption}"
+
+
+def selection_caption(caption: str) -> str:
+    """The text concept-neuron selection scores: the training caption without its placeholder tokens.
+
+    Selection runs on the base model, before the placeholder exists in its tokenizer (a byte-level BPE would spell
+    ``<rex>`` as letters, and those letters' embeddings would pick neurons); without the token the caption still
+    names the class word and the context, which is what the base's neurons respond to."""
+    return " ".join(PLACEHOLDER_RE.sub(" ", caption).split())
 
 
 def load_concept(
@@ -147,5 +164,5 @@ def load_concept(
     size = resolution + (int(round(resolution * CROP_MARGIN)) if augment else 0)
     images = torch.stack([load_image(f, size) for f in files])  # [N, 3, S, S]
     train = [with_placeholder(c, token, class_word.strip()) for c in caps]
-    log.info("loaded %d images from %s at %dpx", len(files), folder, size)
-    return ConceptData(images, caps, train, resolution, [f.name for f in files])
+    log.info("loaded %d images from %s at %dpx; first training caption %r", len(files), folder, size, train[0])
+    return ConceptData(images, [selection_caption(t) for t in train], train, resolution, [f.name for f in files])

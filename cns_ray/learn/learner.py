@@ -34,7 +34,7 @@ from cns_ray.errors import CNSError, InputError, NotFoundError
 from cns_ray.learn.data import ConceptData, load_concept
 from cns_ray.learn.regularizer import l_reg, overlap_mask, reg_targets
 from cns_ray.learn.sparse_linear import patched_linears
-from cns_ray.models.text import add_placeholder_token
+from cns_ray.models.text import add_placeholder_token, register_placeholders
 from cns_ray.neurons import Masks, indices_to_mask, mask_to_indices
 from cns_ray.store import ConceptRecord, TenantState, validate_name, validate_token
 
@@ -138,7 +138,7 @@ class CNSLearner:
         self.tokenizer = copy.deepcopy(self.base.tokenizer)
         self.text_encoder = copy.deepcopy(self.base.text_encoder).requires_grad_(False)
         if self.state.tokens:  # earlier tokens at their stored embeddings, in one resize, so captions may use them
-            self.tokenizer.add_tokens(list(self.state.tokens), special_tokens=True)
+            register_placeholders(self.tokenizer, list(self.state.tokens))
             self.text_encoder.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
             table = self.text_encoder.get_input_embeddings().weight  # [V, D]
             with torch.no_grad():

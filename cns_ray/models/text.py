@@ -38,6 +38,30 @@ def token_norms(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
     return feature_norms(hidden, mask)
 
 
+def register_placeholders(tokenizer, tokens) -> None:
+    """Add placeholder tokens to ``tokenizer``, each one position, the space before it included (``lstrip``).
+
+    A byte-level BPE would otherwise make that space a token of its own ("Ġ", never seen in training); serving's
+    :func:`cns_ray.serve.prompts.tokenize_with_placeholders` drops that space the same way, so both give the same ids.
+    """
+    from tokenizers import AddedToken
+
+    tokenizer.add_tokens([AddedToken(t, lstrip=True, rstrip=False, normalized=False, special=True) for t in tokens])
+
+
+def word_ids_in_caption(tokenizer, word: str) -> list[int]:
+    """Token ids of ``word`` as it appears inside a caption (after a space).
+
+    Byte-level BPE tokenizers spell a word differently at the start of a text (``shape`` -> ``s,hape``) than after a
+    space (``Ġshape``); a class word sits inside the caption, so its ids are read from ``"a " + word`` minus the
+    ids of ``"a"``."""
+    prefix = tokenizer("a", add_special_tokens=False).input_ids
+    ids = tokenizer("a " + word.strip(), add_special_tokens=False).input_ids
+    if ids[: len(prefix)] != prefix:  # a tokenizer that merges across the space: fall back to the bare word
+        return tokenizer(word.strip(), add_special_tokens=False).input_ids
+    return ids[len(prefix):]
+
+
 def add_placeholder_token(tokenizer, text_encoder, token: str, init_word: str | None = None) -> int:
     """Add ``token`` to the tokenizer and grow the embedding table; initialise it from ``init_word``'s tokens.
 
@@ -47,10 +71,10 @@ def add_placeholder_token(tokenizer, text_encoder, token: str, init_word: str | 
         raise InputError(f"placeholder token {token!r} already exists in the tokenizer: choose a new one, e.g. '<{token.strip('<>')}2>'")
     init_ids: list[int] = []
     if init_word:
-        init_ids = tokenizer(init_word, add_special_tokens=False).input_ids
+        init_ids = word_ids_in_caption(tokenizer, init_word)
         if not init_ids:
             raise InputError(f"class word {init_word!r} tokenizes to nothing: give a real word, e.g. 'dog'")
-    tokenizer.add_tokens([token], special_tokens=True)
+    register_placeholders(tokenizer, [token])
     new_id = tokenizer.convert_tokens_to_ids(token)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the new row is set below
     emb = text_encoder.get_input_embeddings().weight

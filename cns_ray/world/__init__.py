@@ -1,11 +1,14 @@
-"""The procedural toy world: scenes, captions, rendering, datasets and held-out concepts (deterministic from seeds)."""
+"""The procedural toy world v2: scenes of known classes with composed looks, captions with attribute dropout,
+one- and two-object scenes, rendering, datasets and held-out concept instances (deterministic from seeds)."""
 
 from cns_ray.world.dataset import WorldSample, world_images, world_samples
 from cns_ray.world.render import render_scene
-from cns_ray.world.scene import CLASS_WORD, Scene, caption, parse_caption, sample_scenes
+from cns_ray.world.scene import CLASSES, Look, Obj, Scene, caption, parse_caption, sample_scenes
 
 __all__ = [
-    "CLASS_WORD",
+    "CLASSES",
+    "Look",
+    "Obj",
     "Scene",
     "WorldSample",
     "caption",

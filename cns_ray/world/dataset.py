@@ -8,19 +8,21 @@ import numpy as np
 import torch
 
 from cns_ray.world.render import BASE_RESOLUTION, render_scene
-from cns_ray.world.scene import SHAPES, Scene, caption, sample_scenes
+from cns_ray.world.scene import FULL, Scene, WorldSpec, caption, sample_scenes
 
 
 @dataclass
 class WorldSample:
     scene: Scene
-    caption: str
+    caption: str  # the full caption (no words dropped)
     image: np.ndarray  # [H, W, 3] uint8
 
 
-def world_samples(n: int, seed: int, resolution: int = BASE_RESOLUTION, shapes: tuple[str, ...] = SHAPES) -> list[WorldSample]:
-    """``n`` rendered scenes with captions, deterministic from ``seed``."""
-    return [WorldSample(s, caption(s), render_scene(s, resolution)) for s in sample_scenes(n, seed, shapes)]
+def world_samples(n: int, seed: int, resolution: int = BASE_RESOLUTION, spec: WorldSpec = WorldSpec(),
+                  allow_held_out: bool = False) -> list[WorldSample]:
+    """``n`` rendered training scenes with full captions, deterministic from ``seed``."""
+    return [WorldSample(s, caption(s, FULL), render_scene(s, resolution))
+            for s in sample_scenes(n, seed, spec, allow_held_out)]
 
 
 def to_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
@@ -35,6 +37,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def world_images(n: int, seed: int, resolution: int = BASE_RESOLUTION) -> tuple[torch.Tensor, list[str]]:
-    """Images [N, 3, H, W] in [-1, 1] and their captions."""
+    """Images [N, 3, H, W] in [-1, 1] and their full captions."""
     samples = world_samples(n, seed, resolution)
     return to_tensor([s.image for s in samples]), [s.caption for s in samples]

@@ -1,8 +1,10 @@
-"""Pixels of the toy world: shapes as masks in object coordinates, fills, supersampled rendering (numpy only).
+"""Pixels of the toy world v2: class shapes as masks in object coordinates, pattern fills, markings, supersampled
+rendering (numpy only).
 
 Object coordinates ``(u, v)`` run over [-1, 1] across the object's box (``v`` grows downwards). A shape is a
-function of ``(u, v)`` returning a boolean mask; a fill maps ``(u, v)`` to RGB in [0, 1]. Rendering is at
-``supersample`` x the resolution, then box-filtered, so edges are anti-aliased and the result is deterministic.
+function of ``(u, v)`` returning a boolean mask; a fill maps ``(u, v)`` to RGB in [0, 1]; a marking is a mask drawn
+over the fill in its own colour. Rendering is at ``supersample`` x the resolution, then box-filtered, so edges are
+anti-aliased and the result is deterministic.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from cns_ray.errors import InputError
-from cns_ray.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SIZES, Scene
+from cns_ray.world.scene import BACKGROUNDS, COLOURS, PAIR_POSITIONS, POSITIONS, SIZES, Look, Obj, Scene
 
 Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Fill = Callable[[np.ndarray, np.ndarray], np.ndarray]  # -> [..., 3] in [0, 1]
@@ -35,31 +37,11 @@ def _polygon(points: list[tuple[float, float]]) -> Mask:
     return mask
 
 
-def _star(n: int, inner: float) -> Mask:
-    ang = -np.pi / 2 + np.arange(2 * n) * np.pi / n
-    rad = np.where(np.arange(2 * n) % 2 == 0, 1.0, inner)
-    return _polygon(list(zip(rad * np.cos(ang), rad * np.sin(ang))))
-
-
 SHAPE_MASKS: dict[str, Mask] = {
-    # the training world
     "circle": lambda u, v: u**2 + v**2 <= 1.0,
     "square": lambda u, v: (np.abs(u) <= 0.85) & (np.abs(v) <= 0.85),
     "triangle": _polygon([(0.0, -1.0), (1.0, 0.9), (-1.0, 0.9)]),
-    "cross": lambda u, v: ((np.abs(u) <= 0.33) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.33) & (np.abs(u) <= 1.0)),
-    # held-out subjects (never in the training world)
-    "heart": lambda u, v: ((u**2 + (-v) ** 2 - 0.55) ** 3 - u**2 * (-v + 0.1) ** 3 * 1.2) <= 0,
-    "star": _star(5, 0.45),
-    "diamond": lambda u, v: np.abs(u) * 0.8 + np.abs(v) <= 1.0,
-    "ring": lambda u, v: (u**2 + v**2 <= 1.0) & (u**2 + v**2 >= 0.3),
-    "arrow": _polygon([(-1.0, -0.3), (0.1, -0.3), (0.1, -0.85), (1.0, 0.0), (0.1, 0.85), (0.1, 0.3), (-1.0, 0.3)]),
-    "crescent": lambda u, v: (u**2 + v**2 <= 1.0) & ((u - 0.45) ** 2 + (v + 0.1) ** 2 >= 0.6),
-    "hexagon": _polygon([(np.cos(a), np.sin(a)) for a in np.arange(6) * np.pi / 3]),
-    "hourglass": _polygon([(-0.9, -1.0), (0.9, -1.0), (0.12, 0.0), (0.9, 1.0), (-0.9, 1.0), (-0.12, 0.0)]),
-    "tee": lambda u, v: ((v <= -0.45) & (v >= -1.0) & (np.abs(u) <= 1.0)) | ((np.abs(u) <= 0.3) & (v >= -1.0) & (v <= 1.0)),
-    "ell": lambda u, v: ((u >= -0.9) & (u <= -0.3) & (np.abs(v) <= 1.0)) | ((v >= 0.4) & (v <= 1.0) & (np.abs(u) <= 0.9)),
-    "house": _polygon([(0.0, -1.0), (0.95, -0.1), (0.7, -0.1), (0.7, 1.0), (-0.7, 1.0), (-0.7, -0.1), (-0.95, -0.1)]),
-    "bowtie": _polygon([(-1.0, -0.8), (0.0, -0.15), (1.0, -0.8), (1.0, 0.8), (0.0, 0.15), (-1.0, 0.8)]),
+    "cross": lambda u, v: ((np.abs(u) <= 0.36) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.36) & (np.abs(u) <= 1.0)),
 }
 
 
@@ -73,98 +55,109 @@ def rgb(name_or_rgb) -> np.ndarray:
     return np.asarray(name_or_rgb, dtype=np.float64) / 255.0
 
 
-def plain(colour) -> Fill:
-    c = rgb(colour)
-    return lambda u, v: np.broadcast_to(c, (*u.shape, 3))
+def _two(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.where(cond[..., None], a, b)
 
 
-def striped(colour, bands: int = 5) -> Fill:
-    """Horizontal bands alternating the colour and a dark shade of it."""
-    c = rgb(colour)
-    dark = c * 0.35
-
-    def fill(u, v):
-        on = (np.floor((v + 1.0) * bands / 2.0) % 2 == 0)[..., None]
-        return np.where(on, c, dark)
-
-    return fill
-
-
-def two_tone(top, bottom) -> Fill:
-    a, b = rgb(top), rgb(bottom)
-    return lambda u, v: np.where((v < 0)[..., None], a, b)
-
-
-def split_lr(left, right) -> Fill:
-    a, b = rgb(left), rgb(right)
-    return lambda u, v: np.where((u < 0)[..., None], a, b)
-
-
-def checker(a, b, cells: int = 4) -> Fill:
-    ca, cb = rgb(a), rgb(b)
-
-    def fill(u, v):
-        k = (np.floor((u + 1) * cells / 2) + np.floor((v + 1) * cells / 2)) % 2 == 0
-        return np.where(k[..., None], ca, cb)
-
-    return fill
+def pattern_fill(pattern: str, colour: str, colour2: str | None) -> Fill:
+    """The fill of a pattern: ``colour`` is the body, ``colour2`` the pattern's second colour."""
+    a = rgb(colour)
+    if pattern == "plain":
+        return lambda u, v: np.broadcast_to(a, (*u.shape, 3))
+    b = rgb(colour2)
+    if pattern == "striped":  # 4 horizontal bands, body colour first
+        return lambda u, v: _two(np.floor((v + 1.0) * 2.0) % 2 == 0, a, b)
+    if pattern == "two-tone":  # top body, bottom second
+        return lambda u, v: _two(v < 0, a, b)
+    if pattern == "split":  # left body, right second
+        return lambda u, v: _two(u < 0, a, b)
+    if pattern == "dotted":  # dots of the second colour on a 3x3 grid (centre, arms, corners: every class shows some)
+        def dotted(u, v):
+            fu, fv = u - np.round(u / 0.66) * 0.66, v - np.round(v / 0.66) * 0.66
+            return _two(fu**2 + fv**2 >= 0.22**2, a, b)
+        return dotted
+    if pattern == "checkered":  # 3x3 cells
+        return lambda u, v: _two((np.floor((u + 1) * 1.5) + np.floor((v + 1) * 1.5)) % 2 == 0, a, b)
+    raise InputError(f"pattern {pattern!r} is not a world pattern")
 
 
-def dotted(colour, dot, n: int = 3) -> Fill:
-    c, d = rgb(colour), rgb(dot)
+def _eroded(mask: Mask, r: float) -> Mask:
+    """Points of ``mask`` whose disc of radius ``r`` (object units, 8 directions) is inside it."""
+    dirs = [(np.cos(a) * r, np.sin(a) * r) for a in np.arange(8) * np.pi / 4]
 
-    def fill(u, v):
-        fu, fv = ((u + 1) * n / 2) % 1 - 0.5, ((v + 1) * n / 2) % 1 - 0.5
-        return np.where((fu**2 + fv**2 < 0.09)[..., None], d, c)
+    def inner(u, v):
+        out = mask(u, v)
+        for du, dv in dirs:
+            out &= mask(u + du, v + dv)
+        return out
 
-    return fill
-
-
-def diagonal(a, b, bands: int = 4) -> Fill:
-    ca, cb = rgb(a), rgb(b)
-    return lambda u, v: np.where((np.floor((u + v + 2) * bands / 4) % 2 == 0)[..., None], ca, cb)
+    return inner
 
 
-def rings(a, b, bands: int = 3) -> Fill:
-    ca, cb = rgb(a), rgb(b)
-    return lambda u, v: np.where((np.floor(np.sqrt(u**2 + v**2) * bands * 1.5) % 2 == 0)[..., None], ca, cb)
+def marking_mask(marking: str, shape: Mask) -> Mask:
+    """Where a marking is drawn, within the object's shape."""
+    if marking == "outline":
+        inner = _eroded(shape, 0.3)
+        return lambda u, v: shape(u, v) & ~inner(u, v)
+    if marking == "dot":
+        return lambda u, v: u**2 + v**2 <= 0.36**2
+    if marking == "bar":  # vertical bar through the centre
+        return lambda u, v: shape(u, v) & (np.abs(u) <= 0.2)
+    raise InputError(f"marking {marking!r} is not a world marking")
 
 
-def render_object(
-    mask: Mask,
-    fill: Fill,
-    centre: tuple[float, float],
-    half: float,
-    background,
-    resolution: int = BASE_RESOLUTION,
-    supersample: int = 4,
-) -> np.ndarray:
-    """One object on a plain background: uint8 [H, W, 3]. ``centre`` and ``half`` are in pixels at 32x32."""
-    if resolution < 8:
-        raise InputError(f"resolution={resolution} must be >= 8")
+def look_fill(shape: str, look: Look) -> Fill:
+    """The pattern with the marking drawn over it."""
+    base = pattern_fill(look.pattern, look.colour, look.colour2)
+    if look.marking == "none":
+        return base
+    mark, mc = marking_mask(look.marking, SHAPE_MASKS[shape]), rgb(look.marking_colour)
+    return lambda u, v: _two(mark(u, v), mc, base(u, v))
+
+
+def _grid(resolution: int, supersample: int) -> tuple[np.ndarray, np.ndarray]:
     s = resolution * supersample
-    scale = resolution / BASE_RESOLUTION
-    coords = (np.arange(s) + 0.5) / supersample / scale  # pixel centres in 32x32 units
-    y, x = np.meshgrid(coords, coords, indexing="ij")  # [s, s]
-    u, v = (x - centre[0]) / half, (y - centre[1]) / half
-    inside = mask(u, v)[..., None]  # [s, s, 1]
-    img = np.where(inside, fill(u, v), rgb(background))  # [s, s, 3]
+    coords = (np.arange(s) + 0.5) / supersample / (resolution / BASE_RESOLUTION)  # pixel centres in 32x32 units
+    return np.meshgrid(coords, coords, indexing="ij")  # y, x: [s, s]
+
+
+def _downsample(img: np.ndarray, resolution: int, supersample: int) -> np.ndarray:
     img = img.reshape(resolution, supersample, resolution, supersample, 3).mean(axis=(1, 3))
     return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def scene_geometry(scene: Scene) -> tuple[tuple[float, float], float]:
+def draw(canvas: np.ndarray, grid, mask: Mask, fill: Fill, centre: tuple[float, float], half: float) -> None:
+    """Paint one object into a supersampled canvas [s, s, 3] (in place)."""
+    y, x = grid
+    u, v = (x - centre[0]) / half, (y - centre[1]) / half
+    inside = mask(u, v)
+    canvas[inside] = fill(u[inside], v[inside])
+
+
+def object_geometry(o: Obj, n_objects: int) -> tuple[tuple[float, float], float]:
     """(centre, half-extent) in 32x32 pixel units."""
-    cx = POSITIONS[scene.position] * BASE_RESOLUTION + scene.jitter[0]
-    cy = 0.5 * BASE_RESOLUTION + scene.jitter[1]
-    return (cx, cy), SIZES[scene.size]
+    frac = PAIR_POSITIONS[o.position] if n_objects == 2 else POSITIONS[o.position]
+    return (frac * BASE_RESOLUTION + o.jitter[0], 0.5 * BASE_RESOLUTION + o.jitter[1]), SIZES[o.size]
 
 
-def render_scene(scene: Scene, resolution: int = BASE_RESOLUTION, fill: Fill | None = None) -> np.ndarray:
-    """Pixels of a world scene (uint8 [H, W, 3]); ``fill`` overrides the scene's colour/texture (concepts)."""
-    if scene.shape not in SHAPE_MASKS:
-        raise InputError(f"shape {scene.shape!r} is not one of {sorted(SHAPE_MASKS)}")
-    if fill is None:
-        fill = plain(scene.colour) if scene.texture == "plain" else striped(scene.colour)
-    centre, half = scene_geometry(scene)
-    return render_object(SHAPE_MASKS[scene.shape], fill, centre, half, scene.background, resolution)
+def render_scene(scene: Scene, resolution: int = BASE_RESOLUTION, supersample: int = 4) -> np.ndarray:
+    """Pixels of a world scene: uint8 [H, W, 3]."""
+    if resolution < 8:
+        raise InputError(f"resolution={resolution} must be >= 8")
+    grid = _grid(resolution, supersample)
+    canvas = np.empty((*grid[0].shape, 3))
+    canvas[...] = rgb(scene.background)
+    for o in scene.objects:
+        centre, half = object_geometry(o, len(scene.objects))
+        draw(canvas, grid, SHAPE_MASKS[o.shape], look_fill(o.shape, o.look), centre, half)
+    return _downsample(canvas, resolution, supersample)
+
+
+def object_region(scene: Scene, index: int, resolution: int = BASE_RESOLUTION, supersample: int = 4) -> np.ndarray:
+    """Coverage of object ``index`` (its shape's mask, area-weighted): float [H, W] in [0, 1]."""
+    grid = _grid(resolution, supersample)
+    o = scene.objects[index]
+    centre, half = object_geometry(o, len(scene.objects))
+    y, x = grid
+    m = SHAPE_MASKS[o.shape]((x - centre[0]) / half, (y - centre[1]) / half).astype(np.float64)
+    return m.reshape(resolution, supersample, resolution, supersample).mean(axis=(1, 3))

@@ -73,3 +73,23 @@ def test_bundled_examples():
     for name, (folder, word) in ex.items():
         d = load_concept(folder, word, f"<{name}>", 64, augment=False)
         assert len(d) == 4 and all(f"<{name}> {word}" in c for c in d.train_captions)
+
+
+def test_a_caption_that_holds_the_token_is_used_as_it_is(tmp_path):
+    """The world's and a user's natural captions already write the token: it is never inserted twice."""
+    from cns_ray.learn.data import selection_caption
+
+    assert with_placeholder("a photo of <rex> dog", "<rex>", "dog") == "a photo of <rex> dog"
+    assert with_placeholder("a large <rex> circle at the left", "<rex>", "circle") == "a large <rex> circle at the left"
+    assert with_placeholder(with_placeholder("a dog", "<rex>", "dog"), "<rex>", "dog") == "a <rex> dog"  # idempotent
+    # another concept's token is not this one's: it is inserted
+    assert with_placeholder("a <mia> dog", "<rex>", "dog") == "a <mia> <rex> dog"
+    _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
+    (tmp_path / "captions.txt").write_text("a photo of <rex> dog\na dog on grass\n")
+    d = load_concept(tmp_path, "dog", "<rex>", 8)
+    assert d.train_captions == ["a photo of <rex> dog", "a <rex> dog on grass"]
+    # selection scores what learning trains on, minus the placeholder (the base cannot spell it)
+    assert d.captions == ["a photo of dog", "a dog on grass"]
+    assert [selection_caption(t) for t in d.train_captions] == d.captions
+    assert selection_caption("a small <a> circle at the left and a small <b> cross at the right") == \
+        "a small circle at the left and a small cross at the right"

@@ -12,6 +12,7 @@ from cns_ray.data import example_concepts
 from cns_ray.errors import InputError, InvalidNameError, NotFoundError
 from cns_ray.learn import CNSLearner, ConceptRequest, learn_concept, tqdm_progress
 from cns_ray.neurons import indices_to_mask
+from cns_ray.models.text import register_placeholders
 from cns_ray.store import ConceptStore
 
 CFG = LearnerConfig(steps=12, batch_size=2, resolution=32, token_lr=1e-2, weight_lr=1e-2, reg_lambda=0.0, seed=0)
@@ -223,7 +224,7 @@ def _copy_with_token(tokenizer, token):
     import copy
 
     tok = copy.deepcopy(tokenizer)
-    tok.add_tokens([token], special_tokens=True)
+    register_placeholders(tok, [token])
     return tok
 
 
