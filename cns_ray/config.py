@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from cns_ray.errors import ConfigError
@@ -44,26 +44,32 @@ class SelectionConfig:
         _raise("SelectionConfig", p)
 
 
+BASE_DEFAULT_FIELDS = ("steps", "token_lr", "weight_lr", "resolution")
+"""LearnerConfig fields a base model's ``cns_defaults.json`` fills where they are None."""
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     """One CNS learning run (DESIGN.md, learning one concept)."""
 
-    steps: int = 300
-    """Optimisation steps."""
-    token_lr: float = 5e-3
-    """Adam learning rate of the new token embedding."""
-    weight_lr: float = 2e-2
-    """Adam learning rate of the selected concept-neuron weights.
+    steps: int | None = 300
+    """Optimisation steps. None = the base model's default (its ``cns_defaults.json``: :meth:`with_base_defaults`),
+    which is what the CLI, the Ray job and the HTTP learn route pass when the user gives none."""
+    token_lr: float | None = 5e-3
+    """Adam learning rate of the new token embedding; None = the base model's default."""
+    weight_lr: float | None = 2e-2
+    """Adam learning rate of the selected concept-neuron weights; None = the base model's default.
 
-    The defaults (steps, token_lr, weight_lr) are the best measured on the embedded ``tiny`` model
-    (docs/toy-world.md): the sparse concept neurons need a far higher rate than dense fine-tuning. For a Stable
-    Diffusion-scale model start much lower (e.g. token_lr 5e-4, weight_lr 1e-4, steps 500): not measured here."""
+    The class defaults (steps, token_lr, weight_lr) are the values tuned on the embedded ``tiny`` model
+    (docs/toy-world.md; it ships them in its ``cns_defaults.json``): the sparse concept neurons need a far higher
+    rate than dense fine-tuning there. Entrypoints resolve them per base model instead (a base without the file starts
+    from the paper's 5e-4 / 3e-5 and 500 steps: cns_ray/models/defaults.py)."""
     reg_lambda: float = 1.0
     """Weight of L_reg (pull towards the previous concept's values on overlap, towards the base elsewhere)."""
     batch_size: int = 4
     """Images per step (sampled with replacement from the concept images)."""
     resolution: int | None = None
-    """Training image size in pixels; None = the base model's native size."""
+    """Training image size in pixels; None = the base model's default (``cns_defaults.json``), else its native size."""
     augment: bool = True
     """Random horizontal flip and small random crop."""
     seed: int = 0
@@ -82,9 +88,9 @@ class LearnerConfig:
 
     def __post_init__(self) -> None:
         p: list[str] = []
-        _check(p, self.steps >= 1, f"steps={self.steps} must be >= 1")
-        _check(p, self.token_lr >= 0, f"token_lr={self.token_lr} must be >= 0")
-        _check(p, self.weight_lr >= 0, f"weight_lr={self.weight_lr} must be >= 0")
+        _check(p, self.steps is None or self.steps >= 1, f"steps={self.steps} must be >= 1 (or None: the base's default)")
+        _check(p, self.token_lr is None or self.token_lr >= 0, f"token_lr={self.token_lr} must be >= 0 (or None)")
+        _check(p, self.weight_lr is None or self.weight_lr >= 0, f"weight_lr={self.weight_lr} must be >= 0 (or None)")
         _check(p, self.reg_lambda >= 0, f"reg_lambda={self.reg_lambda} must be >= 0 (0 turns L_reg off)")
         _check(p, self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
         _check(
@@ -100,6 +106,16 @@ class LearnerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def unresolved(self) -> list[str]:
+        """Fields left to the base model's defaults (None) that a run needs."""
+        return [n for n in BASE_DEFAULT_FIELDS if n != "resolution" and getattr(self, n) is None]
+
+    def with_base_defaults(self, defaults) -> "LearnerConfig":
+        """This config with every None of :data:`BASE_DEFAULT_FIELDS` taken from ``defaults`` (a
+        ``cns_ray.models.defaults.BaseDefaults``); values the user gave are kept."""
+        given = defaults.learner_fields()
+        return replace(self, **{n: given[n] for n in BASE_DEFAULT_FIELDS if getattr(self, n) is None})
 
     @classmethod
     def from_dict(cls, d: dict) -> "LearnerConfig":

@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from cns_ray.jobs.ray_env import check_gpu_request, init_ray
-    from cns_ray.jobs.train import run_learning
+    from cns_ray.jobs.train import resolve_learner_config, run_learning
 
     try:
         request, cfg = learn_request_and_config(args)
+        cfg = resolve_learner_config(cfg, args.base_model)
         mode = init_ray(args.address)
         check_gpu_request(cfg.use_gpu, mode)
         what = f"{request.tenant}/{request.concept} ({cfg.steps} steps, {cfg.num_workers} worker(s))"

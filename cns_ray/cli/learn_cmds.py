@@ -17,7 +17,8 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def add_learn_args(p: argparse.ArgumentParser) -> None:
-    """The learning request and its LearnerConfig as flags (defaults are LearnerConfig's)."""
+    """The learning request and its LearnerConfig as flags (defaults are LearnerConfig's, except steps, learning
+    rates and resolution: those left out come from the base model, see cns_ray/models/defaults.py)."""
     from cns_ray.config import LearnerConfig, SelectionConfig
 
     d, s = LearnerConfig(), SelectionConfig()
@@ -30,12 +31,15 @@ def add_learn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help="placeholder token (default <CONCEPT>)")
     p.add_argument("--caption", action="append", default=None, help="a caption per image, in file-name order")
     p.add_argument("--parent-version", type=int, default=None, help="tenant version to build on (default: head)")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (default %(default)s)")
+    base = "default: the base model's cns_defaults.json (tiny: %s), else the paper's (%s)"
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (" + base % (d.steps, 500) + ")")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s)")
-    p.add_argument("--token-lr", type=float, default=d.token_lr, help="token embedding lr (default %(default)s)")
-    p.add_argument("--weight-lr", type=float, default=d.weight_lr, help="concept-neuron lr (default %(default)s)")
+    p.add_argument("--token-lr", type=float, default=None, help="token embedding lr (" + base % (d.token_lr, 5e-4) + ")")
+    p.add_argument("--weight-lr", type=float, default=None, help="concept-neuron lr (" + base % (d.weight_lr, 3e-5) + ")")
     p.add_argument("--reg-lambda", type=float, default=d.reg_lambda, help="L_reg weight (default %(default)s)")
-    p.add_argument("--resolution", type=int, default=None, help="training size in pixels (default: the model's)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="training size in pixels (default: the base's cns_defaults.json, else native)"
+    )
     p.add_argument("--no-augment", action="store_true", help="no random flip/crop")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
     p.add_argument("--select-ratio", type=float, default=s.select_ratio, help="CNS select ratio (default %(default)s)")
@@ -55,7 +59,8 @@ def add_learn_args(p: argparse.ArgumentParser) -> None:
 
 
 def learn_request_and_config(args: argparse.Namespace):
-    """(ConceptRequest, LearnerConfig) from parsed ``add_learn_args`` flags."""
+    """(ConceptRequest, LearnerConfig) from parsed ``add_learn_args`` flags. Settings the user left out stay None
+    in the config (the base model's defaults: ``LearnerConfig.with_base_defaults``, applied where the run starts)."""
     from cns_ray.config import LearnerConfig, SelectionConfig
     from cns_ray.learn import ConceptRequest
 
@@ -141,9 +146,11 @@ def register(sub) -> None:
 
 def cmd_learn(args) -> int:
     from cns_ray.jobs.ray_env import check_gpu_request, init_ray
+    from cns_ray.jobs.train import resolve_learner_config
     from cns_ray.learn import tqdm_progress
 
     request, cfg = learn_request_and_config(args)
+    cfg = resolve_learner_config(cfg, args.base_model)
     check_gpu_request(cfg.use_gpu, init_ray(args.address))
     if args.queue:
         return _learn_queued(args, request, cfg)

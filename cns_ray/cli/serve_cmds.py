@@ -39,7 +39,10 @@ def register(sub) -> None:
     g.add_argument("-n", type=int, default=1, help="images (default %(default)s)")
     g.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 512x512 (default: the model's)")
     g.add_argument("--steps", type=int, default=25, help="denoising steps (default %(default)s)")
-    g.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default %(default)s)")
+    g.add_argument(
+        "--guidance", type=float, default=None,
+        help="guidance scale (default: the base model's cns_defaults.json, e.g. 4 for tiny; else 7.5; over HTTP: the server's)",
+    )
     g.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
     g.set_defaults(func=cmd_generate)
 
@@ -82,9 +85,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         admin_key = new_key("cns-admin")
         admin_hash = hash_key(admin_key)
     store = args.store if args.store.startswith("s3://") else str(Path(args.store).resolve())
+    from cns_ray.models.defaults import base_defaults
+
     cfg = ServingConfig(
         store=store,
         base_model=args.base_model,
+        default_guidance=base_defaults(args.base_model).guidance_scale,
         replicas=args.replicas,
         num_cpus=args.num_cpus,
         keys_file=str(Path(args.keys_file).resolve()) if args.keys_file else None,
@@ -147,7 +153,9 @@ def _generate_http(args: argparse.Namespace):
     if not args.api_key:
         print("error: --url needs --api-key (or env CNS_API_KEY)", file=sys.stderr)
         sys.exit(2)
-    body = {"prompt": args.prompt, "n": args.n, "steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed}
+    body = {"prompt": args.prompt, "n": args.n, "steps": args.steps, "seed": args.seed}
+    if args.guidance is not None:
+        body["guidance_scale"] = args.guidance
     if args.size:
         body["size"] = args.size
     headers = {"Authorization": f"Bearer {args.api_key}", "X-CNS-Tenant": args.tenant}
@@ -172,7 +180,10 @@ def _generate_local(args: argparse.Namespace):
     from cns_ray.serve.generator import GeneratorCore
     from cns_ray.serve.ingress import ApiError, ImageRequest, build_generation
 
-    cfg = ServingConfig(store=args.store, base_model=args.base_model, max_steps=max(100, args.steps), max_n=max(4, args.n))
+    from cns_ray.models.defaults import base_defaults
+
+    cfg = ServingConfig(store=args.store, base_model=args.base_model, max_steps=max(100, args.steps), max_n=max(4, args.n),
+                        default_guidance=base_defaults(args.base_model).guidance_scale)
     core = GeneratorCore(cfg)
     try:
         req = build_generation(

@@ -11,7 +11,7 @@ import logging
 import shlex
 from dataclasses import asdict
 
-from cns_ray.config import LearnerConfig
+from cns_ray.config import BASE_DEFAULT_FIELDS, LearnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def learn_entrypoint(request, cfg: LearnerConfig, store_uri: str, base_model: st
     default = LearnerConfig()
     for name, flag in _CFG_FLAGS.items():
         value = getattr(cfg, name)
-        if value != getattr(default, name) and value is not None:
+        # Base-model defaults (None) are resolved on the cluster; a value the user gave is always passed on.
+        if value is not None and (name in BASE_DEFAULT_FIELDS or value != getattr(default, name)):
             args += [flag, str(value)]
     if cfg.use_gpu:
         args.append("--gpu")

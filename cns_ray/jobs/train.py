@@ -93,6 +93,19 @@ def checkpoint_location(store_uri: str, tenant: str):
     return (path, loc.fs) if loc.is_s3 else (path, None)
 
 
+def resolve_learner_config(cfg: LearnerConfig, base_model: str) -> LearnerConfig:
+    """``cfg`` with the settings left to the base model (None) filled from its ``cns_defaults.json`` (one log line
+    says where they came from); unchanged when the user gave them all."""
+    if cfg.unresolved() or cfg.resolution is None:
+        from cns_ray.models.defaults import base_defaults, log_defaults
+
+        defaults = base_defaults(base_model)
+        if cfg.unresolved():
+            log_defaults(base_model, defaults)
+        cfg = cfg.with_base_defaults(defaults)
+    return cfg
+
+
 def run_learning(
     request,
     cfg: LearnerConfig,
@@ -116,6 +129,7 @@ def run_learning(
     from cns_ray.store import ConceptStore
 
     store_uri = _absolute(store_uri)
+    cfg = resolve_learner_config(cfg, base_model)
     store = ConceptStore(StoreConfig(uri=store_uri))
     parent = _resolve_parent(store, request)
     images = request.images

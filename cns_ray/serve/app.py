@@ -46,5 +46,11 @@ def build_app(config: ServingConfig):
 
 
 def app_builder(args: dict):
-    """Serve config entry point: ``args`` are ServingConfig fields (unknown ones are refused)."""
-    return build_app(ServingConfig.from_dict(dict(args or {})))
+    """Serve config entry point: ``args`` are ServingConfig fields (unknown ones are refused). Without
+    ``default_guidance`` the base model's own default is used (its ``cns_defaults.json``, else 7.5)."""
+    args = dict(args or {})
+    if "default_guidance" not in args:
+        from cns_ray.models.defaults import base_defaults
+
+        args["default_guidance"] = base_defaults(args.get("base_model") or ServingConfig.base_model).guidance_scale
+    return build_app(ServingConfig.from_dict(args))

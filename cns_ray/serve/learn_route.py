@@ -103,7 +103,7 @@ async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concep
     }
     actor = await asyncio.to_thread(scheduler, cfg)
     try:
-        job_id = await actor.submit.remote(request, LearnerConfig(steps=steps).to_dict())
+        job_id = await actor.submit.remote(request, LearnerConfig(steps=steps, token_lr=None, weight_lr=None).to_dict())  # lrs: the base's
     except (InputError, ValueError) as e:
         raise _api_error(422, "invalid_request", str(e)) from e
     log.info("tenant %s: submitted learning of %s (%d images) as job %s", tenant, concept, len(pngs), job_id)
