@@ -7,8 +7,8 @@ import re
 from cns_ray.errors import InvalidNameError
 
 NAME_MAX = 64
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-TOKEN_RE = re.compile(r"^<[A-Za-z0-9][A-Za-z0-9_.-]{0,61}>$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: "$" would also match before a final newline
+TOKEN_RE = re.compile(r"^<[A-Za-z0-9][A-Za-z0-9_.-]{0,61}>\Z")
 NAME_RULE = f"use 1-{NAME_MAX} characters from A-Z a-z 0-9 _ . -, starting with a letter or digit, without '..' (e.g. 'acme-studio')"
 
 
