@@ -8,6 +8,7 @@ Test data: TenantStates built by hand from random tensors; nothing is trained.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from cns_ray.errors import (
     NotFoundError,
 )
 from cns_ray.store import ConceptStore, load_export
+from cns_ray.store.commit import LEASE_S
 
 from store_data import BASE, SHAPES, assert_same_state, make_state
 
@@ -139,7 +141,8 @@ def test_crash_between_version_files_and_head(store_uri, monkeypatch):
     assert_same_state(fresh.load("acme"), first)
     with pytest.raises(NotFoundError):
         fresh.load("acme", 2)  # the half version is invisible
-    orphans = fresh.orphans()
+    assert fresh.orphans() == []  # in flight until its lease ends: gc must not take it
+    orphans = fresh.orphans(now=time.time() + LEASE_S + 1)
     assert len(orphans) == 1 and "versions/2" in orphans[0]
     assert fresh.verify() == []  # garbage, not an error
     v = fresh.commit("acme", make_state("acme", ("rex", "next"), seed=4), parent=1)

@@ -1,10 +1,12 @@
 """Storage backends behind one interface: a local folder or an S3 prefix.
 
 What the store needs from storage, and how each backend gives it:
-- ``put_once``: create a key only if absent (local: temp file + ``os.link``; S3: ``put_object(IfNoneMatch="*")``).
+- ``put_once``: create a key only if absent (local: temp file + ``os.link``; S3: ``put_object(IfNoneMatch="*")``);
+  idempotent: meeting an object with the same bytes is this write (its response was lost and a retry saw it).
 - ``replace``: conditional replace of the manifest (local: an exclusive ``flock`` + compare the content hash +
   temp file + ``os.replace``; S3: ``put_object(IfMatch=etag)``, or ``IfNoneMatch="*"`` to create it).
-- whole-object reads and atomic whole-object writes, listing, delete.
+- ``get_if_changed``: a conditional read (S3: ``If-None-Match``), so a head check of an unchanged head moves no data.
+- whole-object reads and atomic whole-object writes, listing (with sizes and ages), delete.
 
 Keys are ``/``-separated and relative to the store root; they are built only from validated names.
 """
@@ -18,6 +20,7 @@ import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from cns_ray.errors import NotFoundError, StoreError
 from cns_ray.fs import resolve, s3_client, s3_endpoint
@@ -31,6 +34,19 @@ class KeyExists(Exception):
 
 class PreconditionFailed(Exception):
     """replace found another version of the object than expected."""
+
+
+NOT_MODIFIED = object()
+"""What :meth:`Backend.get_if_changed` returns when the object still has the given tag."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One listed object: key relative to the root, size, last modification (epoch seconds)."""
+
+    key: str
+    size: int
+    mtime: float
 
 
 class Backend(ABC):
@@ -52,9 +68,31 @@ class Backend(ABC):
     def put(self, key: str, data: bytes) -> None:
         """Atomic create-or-overwrite (readers see the old or the new object, never a part)."""
 
-    @abstractmethod
     def put_once(self, key: str, data: bytes) -> None:
+        """Atomic create; :class:`KeyExists` if the key holds other bytes. Meeting the same bytes is success: a retried
+        request whose first response was lost finds its own write."""
+        try:
+            self._create(key, data)
+        except KeyExists:
+            got = self.get_tagged(key)
+            if got is None or hashlib.sha256(got[0]).digest() != hashlib.sha256(data).digest():
+                raise
+            log.info("%s already holds these exact bytes: taking it as this write (a lost response retried)", self.uri(key))
+
+    @abstractmethod
+    def _create(self, key: str, data: bytes) -> None:
         """Atomic create; :class:`KeyExists` if the key exists."""
+
+    def get_if_changed(self, key: str, tag: str | None):
+        """``NOT_MODIFIED`` if the object still has ``tag``, else (data, tag), or None if absent."""
+        got = self.get_tagged(key)
+        if got is not None and tag is not None and got[1] == tag:
+            return NOT_MODIFIED
+        return got
+
+    @abstractmethod
+    def list_entries(self, prefix: str) -> list[Entry]:
+        """Every object under ``prefix`` (recursive), temporary files included, with size and age."""
 
     @abstractmethod
     def replace(self, key: str, data: bytes, expected: str | None) -> None:
@@ -142,7 +180,7 @@ class LocalBackend(Backend):
         except OSError as e:
             raise StoreError(f"cannot write {self.uri(key)}: {e}") from e
 
-    def put_once(self, key: str, data: bytes) -> None:
+    def _create(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
             tmp = self._tmp(path)
@@ -193,9 +231,24 @@ class LocalBackend(Backend):
             out.extend(f"{rel}/{f}" for f in files if not f.startswith("."))
         return sorted(out)
 
+    def list_entries(self, prefix: str) -> list[Entry]:
+        out = []
+        for dirpath, _, files in os.walk(self._path(prefix)):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(os.path.join(dirpath, f))
+                    out.append(Entry(f"{rel}/{f}", st.st_size, st.st_mtime))
+        return sorted(out, key=lambda e: e.key)
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._path(key))
+        with contextlib.suppress(OSError):  # drop the emptied folder (and empty parents) up to the root
+            d = os.path.dirname(self._path(key))
+            while os.path.abspath(d) != os.path.abspath(self.root) and not os.listdir(d):
+                os.rmdir(d)
+                d = os.path.dirname(d)
 
 
 # ---------------------------------------------------------------------------------------------- S3
@@ -255,11 +308,37 @@ class S3Backend(Backend):
         except NotFoundError:
             return False
 
+    def get_if_changed(self, key: str, tag: str | None):
+        from botocore.exceptions import ClientError
+
+        kw = {"IfNoneMatch": tag} if tag else {}
+        try:
+            with self._errors(key):
+                try:
+                    r = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kw)
+                except ClientError as e:
+                    if str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")) == "304" or \
+                            str(e.response.get("Error", {}).get("Code", "")) in ("304", "NotModified"):
+                        return NOT_MODIFIED
+                    raise
+                return r["Body"].read(), r["ETag"]
+        except NotFoundError:
+            return None
+
+    def list_entries(self, prefix: str) -> list[Entry]:
+        full = self._key(prefix).rstrip("/") + "/"
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        out = []
+        with self._errors(prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                out += [Entry(o["Key"][cut:], int(o["Size"]), o["LastModified"].timestamp()) for o in page.get("Contents", [])]
+        return sorted(out, key=lambda e: e.key)
+
     def put(self, key: str, data: bytes) -> None:
         with self._errors(key):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def put_once(self, key: str, data: bytes) -> None:
+    def _create(self, key: str, data: bytes) -> None:
         with self._errors(key, KeyExists):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
 

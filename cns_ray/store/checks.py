@@ -1,4 +1,10 @@
-"""What a TenantState must satisfy before it is committed, and the neuron arithmetic of deleting a concept."""
+"""What a TenantState must satisfy: checked before commit, and again at load and verify (the same checks), plus the
+neuron arithmetic of deleting a concept.
+
+Semantic checks (:func:`semantic_problems`): every concept's neurons are sorted, unique, in range and on target
+layers; every CNS concept has a token embedding; token embeddings are finite, 1-D and of one width (the text
+encoder's, when known); every delta entry lies on some concept's neurons.
+"""
 
 from __future__ import annotations
 
@@ -32,14 +38,32 @@ def check_state(tenant: str, state: TenantState) -> None:
             source=f"state of tenant {tenant!r}",
         )
     state.delta.validate(state.delta.shapes, source=f"delta of tenant {tenant!r}")
-    p = _token_problems(state) + _concept_problems(state)
+    p = semantic_problems(state)
     if len(set(names)) != len(names):
         p.append(f"concept names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}; give each concept its own name")
     if p:
         raise InputError(f"state of tenant {tenant!r} cannot be committed ({len(p)} problem(s)):\n  - " + "\n  - ".join(p))
 
 
-def _token_problems(state: TenantState) -> list[str]:
+def semantic_problems(state: TenantState, shapes: dict | None = None, token_dim: int | None = None) -> list[str]:
+    """Every semantic problem of ``state`` ([] if none). ``shapes``: the served base's target layers (default: the
+    delta's own); ``token_dim``: the text encoder's width (default: not checked beyond one width)."""
+    return _token_problems(state, token_dim) + _concept_problems(state, shapes) + _coverage_problems(state)
+
+
+def _coverage_problems(state: TenantState) -> list[str]:
+    p = []
+    for layer, d in state.delta.layers.items():
+        parts = [c.neurons[layer].long() for c in state.concepts if layer in c.neurons]
+        idx = d.index.long()
+        outside = int((~torch.isin(idx, torch.cat(parts))).sum()) if parts else int(idx.numel())
+        if outside:
+            p.append(f"layer {layer!r}: {outside} of {idx.numel()} delta entries lie on no concept's neurons "
+                     "(a delta is the sum of its concepts' changes); the state is damaged: roll back or relearn")
+    return p
+
+
+def _token_problems(state: TenantState, token_dim: int | None = None) -> list[str]:
     p = []
     widths = set()
     for t, e in state.tokens.items():
@@ -51,10 +75,13 @@ def _token_problems(state: TenantState) -> list[str]:
             p.append(f"token {t!r}: embedding has non-finite values; relearn the concept")
     if len(widths) > 1:
         p.append(f"token embeddings have different widths {sorted(widths)}; all must match the text encoder")
+    if token_dim is not None and widths - {token_dim}:
+        p.append(f"token embeddings have width {sorted(widths)}, the text encoder's is {token_dim}: "
+                 "the state was learned with another text encoder; relearn on this base")
     return p
 
 
-def _concept_problems(state: TenantState) -> list[str]:
+def _concept_problems(state: TenantState, shapes: dict | None = None) -> list[str]:
     p = []
     tokens = [c.token for c in state.concepts]
     for t in sorted({t for t in tokens if tokens.count(t) > 1}):
@@ -69,7 +96,11 @@ def _concept_problems(state: TenantState) -> list[str]:
         except (TypeError, ValueError) as e:
             p.append(f"concept {c.name!r}: stats are not JSON-serialisable ({e})")
         for layer, idx in c.neurons.items():
-            p.extend(_neuron_problems(c.name, layer, idx, state.delta.shapes.get(layer)))
+            if shapes is not None and layer not in shapes:
+                p.append(f"concept {c.name!r}: neurons on layer {layer!r}, which is not a target layer of this base "
+                         f"({len(shapes)} target layers): the state was made for another base model")
+                continue
+            p.extend(_neuron_problems(c.name, layer, idx, (shapes or {}).get(layer) or state.delta.shapes.get(layer)))
     return p
 
 

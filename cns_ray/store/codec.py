@@ -14,6 +14,7 @@ Decoders raise :class:`CorruptStateError` naming ``source`` for unreadable/incon
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cns_ray.delta import LayerDelta, SparseDelta
-from cns_ray.errors import CorruptStateError, DeltaValidationError
+from cns_ray.errors import CorruptStateError, DeltaValidationError, InvalidNameError
 from cns_ray.neurons import pack_mask, unpack_mask
 from cns_ray.store.names import validate_name, validate_token
 from cns_ray.store.state import METHODS, ConceptRecord
@@ -48,7 +49,10 @@ def _read(data: bytes, source: str, kind: str) -> tuple[pa.Table, dict[str, str]
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError, ValueError) as e:
         raise CorruptStateError(f"{source} is unreadable as Parquet ({len(data)} bytes: {e}); it is truncated or corrupt; {FIX}") from e
-    md = {k.decode()[4:]: v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"cns.")}
+    try:
+        md = {k.decode()[4:]: v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"cns.")}
+    except UnicodeDecodeError as e:
+        raise CorruptStateError(f"{source}: file metadata is not UTF-8 ({e}); it is corrupt; {FIX}") from e
     if md.get("kind") != kind:
         raise CorruptStateError(f"{source} is not a cns {kind} file (kind={md.get('kind')!r}); {FIX}")
     if md.get("schema_version") != str(SCHEMA_VERSION):
@@ -75,6 +79,21 @@ def _json(md: dict[str, str], key: str, source: str):
         return json.loads(md[key])
     except (KeyError, json.JSONDecodeError) as e:
         raise CorruptStateError(f"{source}: metadata {key!r} is missing or not JSON ({e}); {FIX}") from e
+
+
+def _guarded(decode):
+    """Anything a damaged file makes a decoder raise (bad UTF-8, odd Arrow types, ...) becomes CorruptStateError."""
+
+    @functools.wraps(decode)
+    def wrapper(data: bytes, source: str = decode.__name__, *a, **k):
+        try:
+            return decode(data, source, *a, **k)
+        except (CorruptStateError, DeltaValidationError, InvalidNameError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the file is untrusted input: any failure to decode means damage
+            raise CorruptStateError(f"{source} cannot be decoded ({type(e).__name__}: {e}); it is corrupt; {FIX}") from e
+
+    return wrapper
 
 
 # ------------------------------------------------------------------ delta
@@ -105,6 +124,7 @@ def encode_delta(delta: SparseDelta, value_dtype: str = "float16") -> bytes:
     return _to_bytes(table, meta, use_dictionary=["layer"], column_encoding={"index": "DELTA_BINARY_PACKED"})
 
 
+@_guarded
 def decode_delta(data: bytes, source: str = "delta.parquet") -> SparseDelta:
     table, md = _read(data, source, "delta")
     value_dtype = md.get("value_dtype")
@@ -159,6 +179,7 @@ def encode_tokens(tokens: dict[str, torch.Tensor]) -> bytes:
     return _to_bytes(table, {"kind": "tokens", "schema_version": str(SCHEMA_VERSION), "dim": str(dim)})
 
 
+@_guarded
 def decode_tokens(data: bytes, source: str = "tokens.parquet") -> dict[str, torch.Tensor]:
     table, md = _read(data, source, "tokens")
     names = _column(table, "token", source, pa.types.is_string).to_pylist()
@@ -199,6 +220,7 @@ def encode_concepts(concepts: list[ConceptRecord]) -> bytes:
                      use_dictionary=["name", "token", "class_word", "method", "stats"])
 
 
+@_guarded
 def decode_concepts(data: bytes, source: str = "concepts.parquet") -> list[ConceptRecord]:
     table, _ = _read(data, source, "concepts")
     s = pa.types.is_string
@@ -245,6 +267,7 @@ def encode_masks(masks: dict[str, torch.Tensor], meta: dict) -> bytes:
     return _to_bytes(table, {"kind": "masks", "schema_version": str(SCHEMA_VERSION), "meta": meta})
 
 
+@_guarded
 def decode_masks(data: bytes, source: str = "masks.parquet") -> tuple[dict[str, torch.Tensor], dict]:
     table, md = _read(data, source, "masks")
     names = _column(table, "layer", source, pa.types.is_string).to_pylist()

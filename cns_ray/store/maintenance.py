@@ -1,14 +1,20 @@
-"""Store-wide chores: export one version, read an export back, verify everything, find invisible leftovers."""
+"""Store-wide chores: export one version, read an export back, verify everything, find invisible leftovers.
+
+Uses only the store's public read API (head_record, version_entry, read_version_files, load_entry, backend)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from cns_ray.errors import CNSError, CorruptStateError, NotFoundError
 from cns_ray.store import codec
 from cns_ray.store.backend import open_backend
+from cns_ray.store.commit import MARKER, read_marker
+from cns_ray.store.head import HeadRecord, ranges_has, ranges_iter
 from cns_ray.store.manifest import VERSION_FILES, VersionEntry, file_digest, now_iso
 from cns_ray.store.names import validate_name
 from cns_ray.store.state import TenantState
@@ -20,17 +26,17 @@ EXPORT_KIND = "cns-export"
 
 
 def export_version(store: "ConceptStore", tenant: str, dest_dir: str, version: int | None = None) -> str:
-    """Copy one version's files (checked first) plus a manifest excerpt to ``dest_dir`` (folder or s3://). Returns its URI."""
+    """Copy one version's files (checked first) plus a record excerpt to ``dest_dir`` (folder or s3://). Returns its URI."""
     state = store.load(tenant, version)
-    m = store._require(tenant)
-    entry = m.entry(state.version)
-    files = store._read_version(tenant, entry)
+    head = store.head_record(tenant)
+    entry = store.version_entry(tenant, state.version, head)
+    files = store.read_version_files(tenant, entry)
     dest = open_backend(dest_dir)
     for f, data in files.items():
         dest.put(f, data)
     excerpt = {
         "kind": EXPORT_KIND, "schema_version": 1, "tenant": tenant, "exported_from": store.uri(),
-        "exported_at": now_iso(), "was_head": entry.version == m.head, "version": asdict(entry),
+        "exported_at": now_iso(), "was_head": entry.version == head.head, "version": asdict(entry),
     }
     dest.put("manifest.json", json.dumps(excerpt, indent=1, sort_keys=True).encode())
     return dest.uri()
@@ -62,57 +68,95 @@ def load_export(src_dir: str) -> TenantState:
     )
 
 
-def _tenant_manifests(store: "ConceptStore"):
-    """(tenant folder, its manifest or None, the error reading it or None) for every folder under tenants/."""
-    for t in store._backend.list_dirs("tenants"):
+VERIFY_THREADS = 4
+
+
+def _tenant_heads(store: "ConceptStore"):
+    """(tenant folder, its head record or None, the error reading it or None) for every folder under tenants/."""
+    for t in store.backend.list_dirs("tenants"):
         try:
             validate_name(t, "tenant")
-            m, _ = store._manifest(t)
-        except CNSError as e:
+            h = store.head_record(t)
+        except Exception as e:  # noqa: BLE001 - verify reports every problem and goes on
             yield t, None, e
             continue
-        yield t, m, None
+        yield t, h, None
+
+
+def _describe(e: Exception) -> str:
+    return str(e) if isinstance(e, CNSError) else f"{type(e).__name__}: {e}"
+
+
+def _check_version(store: "ConceptStore", t: str, h: HeadRecord, v: int) -> list[str]:
+    try:
+        e = store.version_entry(t, v, h)
+        if e.parent is not None and not ranges_has(h.committed, e.parent):
+            return [f"tenant {t!r} version {v}: parent {e.parent} was never committed"]
+        store.load_entry(t, e)
+    except Exception as ex:  # noqa: BLE001 - a damaged file may raise anything; report it, check the rest
+        return [f"tenant {t!r} version {v}: {_describe(ex)}"]
+    return []
 
 
 def verify_store(store: "ConceptStore") -> list[str]:
+    """Every problem of every kept version of every tenant and of the mask cache. Never raises for damaged data."""
     problems = []
-    b = store._backend
-    for t, m, err in _tenant_manifests(store):
-        if err is not None:
-            problems.append(f"tenant folder {t!r}: {err}")
-            continue
-        if m is None:
-            continue
-        have = {e.version for e in m.versions}
-        for e in sorted(m.versions, key=lambda e: e.version):
-            if e.parent is not None and e.parent not in have:
-                problems.append(f"tenant {t!r} version {e.version}: parent {e.parent} is not in the manifest")
-            try:
-                store.load(t, e.version)
-            except CNSError as ex:
-                problems.append(f"tenant {t!r} version {e.version}: {ex}")
-    for base in b.list_dirs("bases"):
+    b = store.backend
+    with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+        for t, h, err in _tenant_heads(store):
+            if err is not None:
+                problems.append(f"tenant folder {t!r}: {_describe(err)}")
+                continue
+            if h is None:
+                continue
+            for p in pool.map(lambda v: _check_version(store, t, h, v), ranges_iter(h.live)):
+                problems.extend(p)
+    try:
+        bases = b.list_dirs("bases")
+    except Exception as e:  # noqa: BLE001
+        return problems + [f"bases/: cannot list ({_describe(e)})"]
+    for base in bases:
         for key in b.list_files(f"bases/{base}/general"):
+            if not key.endswith(".parquet"):
+                continue
             try:
-                codec.decode_masks(b.get(key), b.uri(key))
-            except CNSError as ex:
-                problems.append(f"general masks {b.uri(key)}: {ex}")
+                store.read_general_masks(key)
+            except Exception as ex:  # noqa: BLE001
+                problems.append(f"general masks {b.uri(key)}: {_describe(ex)}")
     return problems
 
 
-def find_orphans(store: "ConceptStore") -> list[str]:
+def find_orphans(store: "ConceptStore", now: float | None = None) -> list[str]:
+    """Version folders holding files that no head keeps; in-flight commits (a live lease) are not orphans."""
+    return [f"{store.backend.uri(o.prefix)}: {o.why}" for o in version_orphans(store, time.time() if now is None else now)]
+
+
+@dataclass(frozen=True)
+class Orphan:
+    tenant: str
+    version: int | None
+    prefix: str
+    why: str
+
+
+def version_orphans(store: "ConceptStore", now: float) -> list[Orphan]:
     out = []
-    b = store._backend
-    for t, m, err in _tenant_manifests(store):
+    b = store.backend
+    for t, h, err in _tenant_heads(store):
         if err is not None:
             continue
-        committed = set() if m is None else {e.version for e in m.versions}
+        live = [] if h is None else h.live
         for d in b.list_dirs(f"tenants/{t}/versions"):
-            if d.isdigit() and int(d) in committed:
+            if d.isdigit() and ranges_has(live, int(d)):
                 continue
-            # A losing commit deletes its files; on a local store the emptied folder stays (and a later commit may
-            # reuse its number): nothing is left behind there.
-            if b.list_files(f"tenants/{t}/versions/{d}"):
-                out.append(f"{b.uri(f'tenants/{t}/versions/{d}')}: files without a manifest entry "
-                           "(an interrupted or losing commit; invisible, safe to delete when no commit is running)")
+            prefix = f"tenants/{t}/versions/{d}"
+            files = b.list_files(prefix)
+            if not files:
+                continue
+            marker = f"{prefix}/{MARKER}"
+            if marker in files and read_marker(b.get(marker)).get("lease_until", 0) > now:
+                continue  # an in-flight commit: not garbage yet
+            why = ("files of a version removed from the kept set" if h is not None and d.isdigit() and ranges_has(h.committed, int(d))
+                   else "files without a committed record (an interrupted or losing commit); invisible, safe to delete")
+            out.append(Orphan(t, int(d) if d.isdigit() else None, prefix, why))
     return out

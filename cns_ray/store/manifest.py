@@ -1,7 +1,8 @@
-"""A tenant's manifest.json: every committed version and the head pointer. Replacing it is the commit point.
+"""Per-version records (``versions/{v}/version.json``) and the legacy ``manifest.json`` (schema 1) they replace.
 
-A version's files that no manifest entry names are invisible (a crashed or losing committer's leftovers).
-Each entry records its files' sizes and sha256, so a reader detects a truncated or altered file.
+A version record names its parent, base, concepts, tokens and its files' sizes and sha256, so a reader detects a
+truncated or altered file. Stores written before head.json existed keep one ``manifest.json`` per tenant with every
+entry and the head; it is still read (and migrated to head.json + records on the tenant's next write).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import datetime, timezone
 from cns_ray.errors import CorruptStateError, NotFoundError
 
 MANIFEST_SCHEMA = 1
+RECORD_SCHEMA = 1
 VERSION_FILES = ("delta.parquet", "tokens.parquet", "concepts.parquet")
 
 
@@ -38,6 +40,25 @@ class VersionEntry:
     value_dtype: str
     files: dict[str, dict]
     """file name -> {"bytes": int, "sha256": hex}"""
+    commit_id: str | None = None
+    """Id of the commit that wrote it (None for versions migrated from a legacy manifest)."""
+
+    def to_bytes(self, tenant: str) -> bytes:
+        return json.dumps({"schema_version": RECORD_SCHEMA, "tenant": tenant, **asdict(self)}, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str, tenant: str) -> "VersionEntry":
+        try:
+            d = json.loads(data)
+            if d.pop("schema_version", None) != RECORD_SCHEMA:
+                raise ValueError("schema_version is not %d" % RECORD_SCHEMA)
+            if d.pop("tenant", None) != tenant:
+                raise ValueError(f"it does not belong to tenant {tenant!r}")
+            e = cls(**d)
+        except (ValueError, KeyError, TypeError, AttributeError) as ex:  # UnicodeDecodeError is a ValueError
+            raise CorruptStateError(f"{source} is not a valid version record ({type(ex).__name__}: {ex}); "
+                                    "restore it from a backup or roll back to another version") from ex
+        return e
 
 
 @dataclass

@@ -1,35 +1,42 @@
-"""ConceptStore: per-tenant immutable versions of (delta, tokens, concepts), a manifest head as commit point.
+"""ConceptStore: per-tenant immutable versions of (delta, tokens, concepts), a small head pointer as commit point.
 
 Layout under the store root (a folder or ``s3://bucket/prefix``)::
 
-    bases/{base_id}/general/{key}.parquet        cached general-neuron masks
-    tenants/{tenant}/manifest.json               versions + head: the commit point
+    bases/{base_id}/general/{key}.parquet        cached general-neuron masks (+ {key}.json: size and sha256)
+    tenants/{tenant}/head.json                   head, committed and kept versions, last moves: the commit point
+    tenants/{tenant}/versions/{v}/commit.json    the commit's claim on number v: commit id + lease
+    tenants/{tenant}/versions/{v}/version.json   the version record: parent, base, concepts, files' sizes + sha256
     tenants/{tenant}/versions/{v}/{delta,tokens,concepts}.parquet
+    tenants/{tenant}/manifest.json               legacy (before head.json): read, migrated on the next write
+    uploads/{tenant}/{id}/                       images sent to the HTTP learn route
+    checkpoints/{tenant}/{run}/                  Ray Train checkpoints of running learning jobs
+    inputs/...                                   folders named as ``store:inputs/...`` learning inputs
 
-A commit claims a version number by creating its ``delta.parquet`` create-once, writes the other files, then
-replaces the manifest conditionally (on the content it read). Until that replace succeeds the version is
-invisible; if it fails (another writer moved the head) the caller gets :class:`CommitConflictError` and the
-half version stays invisible (and is cleaned up on a definite conflict). Version numbers can skip a number left
-by a crashed commit.
+The commit protocol (idempotent under lost responses) is in :mod:`cns_ray.store.commit`. A head check is one small
+read (a conditional GET on S3 when the head was seen before), whatever the number of versions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import replace
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from cns_ray.config import StoreConfig
-from cns_ray.errors import CNSError, CommitConflictError, CorruptStateError, InvalidNameError, NotFoundError, StoreError
+from cns_ray.errors import CorruptStateError, InvalidNameError, NotFoundError
 from cns_ray.store import codec
-from cns_ray.store.backend import Backend, KeyExists, PreconditionFailed, open_backend
-from cns_ray.store.checks import check_state, drop_for_concept
-from cns_ray.store.manifest import VERSION_FILES, Manifest, VersionEntry, file_digest, now_iso
+from cns_ray.store.backend import NOT_MODIFIED, Backend, open_backend
+from cns_ray.store.checks import drop_for_concept, semantic_problems
+from cns_ray.store.commit import RECORD, commit_state, rollback_head
+from cns_ray.store.head import HeadRecord, ranges_has, ranges_iter, ranges_text
+from cns_ray.store.manifest import VERSION_FILES, Manifest, VersionEntry, file_digest
 from cns_ray.store.names import validate_name
 from cns_ray.store.state import TenantState, VersionInfo
 
 log = logging.getLogger(__name__)
 
-_CLAIM_TRIES = 20
+READ_THREADS = 8
 
 
 class ConceptStore:
@@ -38,9 +45,16 @@ class ConceptStore:
     def __init__(self, cfg: StoreConfig):
         self.cfg = cfg
         self._backend: Backend = open_backend(cfg.uri)
+        self._heads: dict[str, tuple[str, HeadRecord]] = {}  # tenant -> (tag, record): for conditional GETs
+        self._heads_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ConceptStore({self.uri()!r})"
+
+    @property
+    def backend(self) -> Backend:
+        """The storage backend (for store-owned chores: maintenance, gc)."""
+        return self._backend
 
     # ------------------------------------------------------------------ keys
     def uri(self, *parts: str) -> str:
@@ -59,23 +73,38 @@ class ConceptStore:
     def _vkey(tenant: str, version: int, file: str) -> str:
         return ConceptStore._tkey(tenant, "versions", str(int(version)), file)
 
-    def _manifest(self, tenant: str) -> tuple[Manifest | None, str | None]:
+    def _read_head(self, tenant: str, cached: bool = True) -> tuple[HeadRecord | None, str | None, Manifest | None]:
+        """(head record, its tag, the legacy manifest if the tenant has no head.json yet). One small read."""
+        key = self._tkey(tenant, "head.json")
+        with self._heads_lock:
+            seen = self._heads.get(tenant) if cached else None
+        got = self._backend.get_if_changed(key, seen[0] if seen else None)
+        if got is NOT_MODIFIED:
+            return seen[1], seen[0], None
+        if got is None:
+            return self._read_legacy(tenant)
+        rec = HeadRecord.from_bytes(got[0], self._backend.uri(key))
+        if rec.tenant != tenant:
+            raise CorruptStateError(f"{self._backend.uri(key)} names tenant {rec.tenant!r}, not {tenant!r}; restore it from a backup")
+        with self._heads_lock:
+            self._heads[tenant] = (got[1], rec)
+        return rec, got[1], None
+
+    def _read_legacy(self, tenant: str) -> tuple[HeadRecord | None, None, Manifest | None]:
         key = self._tkey(tenant, "manifest.json")
         got = self._backend.get_tagged(key)
         if got is None:
-            return None, None
+            return None, None, None
         m = Manifest.from_bytes(got[0], self._backend.uri(key))
         if m.tenant != tenant:
             raise CorruptStateError(f"{self._backend.uri(key)} names tenant {m.tenant!r}, not {tenant!r}; restore it from a backup")
-        return m, got[1]
-
-    def _require(self, tenant: str) -> Manifest:
-        m, _ = self._manifest(tenant)
-        if m is None or m.head is None:
-            raise NotFoundError(f"tenant {tenant!r} has no versions in store {self.uri()}: learn a concept first (cns learn)")
-        return m
+        return HeadRecord.from_manifest(m), None, m
 
     # ------------------------------------------------------------------ reading
+    def head_record(self, tenant: str) -> HeadRecord | None:
+        """The tenant's head record (head, committed and kept versions), None if it has none."""
+        return self._read_head(tenant)[0]
+
     def list_tenants(self) -> list[str]:
         out = []
         for t in self._backend.list_dirs("tenants"):
@@ -84,49 +113,91 @@ class ConceptStore:
             except InvalidNameError:
                 log.warning("ignoring folder %r under tenants/: not a valid tenant name", t)
                 continue
-            if self._backend.exists(self._tkey(t, "manifest.json")):
+            if self._backend.exists(self._tkey(t, "head.json")) or self._backend.exists(self._tkey(t, "manifest.json")):
                 out.append(t)
         return out
 
     def head(self, tenant: str) -> int | None:
-        m, _ = self._manifest(tenant)
-        return None if m is None else m.head
+        rec = self.head_record(tenant)
+        return None if rec is None else rec.head
+
+    def version_entry(self, tenant: str, version: int, head: HeadRecord | None = None) -> VersionEntry:
+        """One kept version's record; NotFoundError if the tenant has no such version."""
+        rec, _, legacy = (head, None, None) if head is not None else self._read_head(tenant)
+        if rec is None or not ranges_has(rec.live, int(version)):
+            have = "none" if rec is None else ranges_text(rec.live)
+            raise NotFoundError(f"tenant {tenant!r} has no version {version} (versions: {have}); pick one from `cns concepts history`")
+        if legacy is not None:
+            return legacy.entry(int(version))
+        key = self._vkey(tenant, version, RECORD)
+        try:
+            data = self._backend.get(key)
+        except NotFoundError:
+            if head is not None and not self._backend.exists(self._tkey(tenant, "head.json")):
+                _, _, legacy = self._read_legacy(tenant)  # a legacy tenant, read through a passed-in head
+                if legacy is not None:
+                    return legacy.entry(int(version))
+            raise CorruptStateError(f"{self._backend.uri(key)} is missing but version {version} of tenant {tenant!r} is "
+                                    "committed; restore it from a backup or roll back to another version") from None
+        e = VersionEntry.from_bytes(data, self._backend.uri(key), tenant)
+        if e.version != int(version):
+            raise CorruptStateError(f"{self._backend.uri(key)} describes version {e.version}, not {version}; restore it from a backup")
+        return e
 
     def history(self, tenant: str) -> list[VersionInfo]:
-        m, _ = self._manifest(tenant)
-        if m is None:
+        rec, _, legacy = self._read_head(tenant)
+        if rec is None:
             return []
-        return [
-            VersionInfo(e.version, e.parent, e.created_at, e.message, e.base_id, list(e.concepts), e.nnz, e.version == m.head)
-            for e in sorted(m.versions, key=lambda e: e.version)
-        ]
+        if legacy is not None:
+            entries = sorted(legacy.versions, key=lambda e: e.version)
+        else:
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                entries = list(pool.map(lambda v: self.version_entry(tenant, v, rec), ranges_iter(rec.live)))
+        return [VersionInfo(e.version, e.parent, e.created_at, e.message, e.base_id, list(e.concepts), e.nnz, e.version == rec.head)
+                for e in entries]
 
-    def load(self, tenant: str, version: int | None = None, *, shapes=None, base_id: str | None = None) -> TenantState:
-        """A version's state (head by default), integrity-checked, and validated against ``shapes``/``base_id``."""
-        m = self._require(tenant)
-        entry = m.entry(m.head if version is None else int(version))
-        files = self._read_version(tenant, entry)
+    def load(self, tenant: str, version: int | None = None, *, shapes=None, base_id: str | None = None,
+             token_dim: int | None = None) -> TenantState:
+        """A version's state (head by default), integrity-checked, checked like a commit, and validated against the
+        served base (``shapes``, ``base_id``, ``token_dim``: the text encoder's width) when given."""
+        rec, _, _ = self._read_head(tenant)
+        if rec is None or rec.head is None:
+            raise NotFoundError(f"tenant {tenant!r} has no versions in store {self.uri()}: learn a concept first (cns learn)")
+        entry = self.version_entry(tenant, rec.head if version is None else int(version), rec)
+        return self.load_entry(tenant, entry, shapes=shapes, base_id=base_id, token_dim=token_dim)
+
+    def load_entry(self, tenant: str, entry: VersionEntry, *, shapes=None, base_id: str | None = None,
+                   token_dim: int | None = None) -> TenantState:
+        """The state of one version record (see :meth:`load`)."""
+        files = self.read_version_files(tenant, entry)
         v = entry.version
-        delta = codec.decode_delta(files["delta.parquet"], self._backend.uri(self._vkey(tenant, v, "delta.parquet")))
-        tokens = codec.decode_tokens(files["tokens.parquet"], self._backend.uri(self._vkey(tenant, v, "tokens.parquet")))
-        concepts = codec.decode_concepts(files["concepts.parquet"], self._backend.uri(self._vkey(tenant, v, "concepts.parquet")))
+        src = {f: self._backend.uri(self._vkey(tenant, v, f)) for f in VERSION_FILES}
+        delta = codec.decode_delta(files["delta.parquet"], src["delta.parquet"])
+        tokens = codec.decode_tokens(files["tokens.parquet"], src["tokens.parquet"])
+        concepts = codec.decode_concepts(files["concepts.parquet"], src["concepts.parquet"])
         where = f"tenant {tenant!r} version {v} ({self.uri('tenants', tenant, 'versions', str(v))})"
         mismatch = []
         if delta.base_id != entry.base_id:
-            mismatch.append(f"delta base_id {delta.base_id!r} vs manifest {entry.base_id!r}")
+            mismatch.append(f"delta base_id {delta.base_id!r} vs record {entry.base_id!r}")
         if delta.nnz != entry.nnz:
-            mismatch.append(f"delta has {delta.nnz} entries, manifest says {entry.nnz}")
+            mismatch.append(f"delta has {delta.nnz} entries, record says {entry.nnz}")
         if [c.name for c in concepts] != list(entry.concepts):
-            mismatch.append(f"concepts {[c.name for c in concepts]} vs manifest {entry.concepts}")
+            mismatch.append(f"concepts {[c.name for c in concepts]} vs record {entry.concepts}")
         if sorted(tokens) != sorted(entry.tokens):
-            mismatch.append(f"tokens {sorted(tokens)} vs manifest {sorted(entry.tokens)}")
+            mismatch.append(f"tokens {sorted(tokens)} vs record {sorted(entry.tokens)}")
         if mismatch:
-            raise CorruptStateError(f"{where} is inconsistent with its manifest: " + "; ".join(mismatch))
+            raise CorruptStateError(f"{where} is inconsistent with its record: " + "; ".join(mismatch))
         if shapes is not None or base_id is not None:
             delta.validate(shapes if shapes is not None else delta.shapes, base_id, source=where)
-        return TenantState(tenant=tenant, base_id=entry.base_id, delta=delta, tokens=tokens, concepts=concepts, version=v)
+        state = TenantState(tenant=tenant, base_id=entry.base_id, delta=delta, tokens=tokens, concepts=concepts, version=v)
+        p = semantic_problems(state, shapes, token_dim)
+        if p:
+            raise CorruptStateError(f"{where} fails {len(p)} check(s) a commit makes; roll back to another version "
+                                    "(cns concepts rollback) or relearn:\n  - " + "\n  - ".join(p))
+        return state
 
-    def _read_version(self, tenant: str, entry: VersionEntry) -> dict[str, bytes]:
+    def read_version_files(self, tenant: str, entry: VersionEntry) -> dict[str, bytes]:
+        """The version's three files, each checked against the record's size and sha256."""
         out = {}
         for f in VERSION_FILES:
             key = self._vkey(tenant, entry.version, f)
@@ -142,7 +213,7 @@ class ConceptStore:
             if got != want:
                 raise CorruptStateError(
                     f"{self._backend.uri(key)} is corrupt or truncated: {got['bytes']} bytes (sha256 {got['sha256'][:12]}), "
-                    f"the manifest recorded {want.get('bytes')} bytes (sha256 {str(want.get('sha256'))[:12]}); "
+                    f"the record says {want.get('bytes')} bytes (sha256 {str(want.get('sha256'))[:12]}); "
                     "restore it from a backup or roll back to another version (cns concepts rollback)"
                 )
             out[f] = data
@@ -154,89 +225,15 @@ class ConceptStore:
 
         Raises :class:`CommitConflictError` if the head is no longer ``parent``; nothing of this commit is visible then.
         """
-        return self._commit(tenant, state, parent, message, "commit")
-
-    def _commit(self, tenant: str, state: TenantState, parent: int | None, message: str, action: str) -> int:
-        validate_name(tenant, "tenant")
-        check_state(tenant, state)
-        m, tag = self._manifest(tenant)
-        found = None if m is None else m.head
-        if found != parent:
-            raise self._conflict(tenant, parent, found, None)
-        m = m or Manifest(tenant=tenant)
-        delta_bytes = codec.encode_delta(state.delta, self.cfg.value_dtype)
-        tokens_bytes = codec.encode_tokens(state.tokens)
-        v = self._claim(tenant, m.next_version(), delta_bytes)
-        written = ["delta.parquet"]
-        try:
-            concepts = [c if c.version_added is not None else replace(c, version_added=v) for c in state.concepts]
-            files = {"delta.parquet": delta_bytes, "tokens.parquet": tokens_bytes, "concepts.parquet": codec.encode_concepts(concepts)}
-            for f in ("tokens.parquet", "concepts.parquet"):
-                try:
-                    self._backend.put_once(self._vkey(tenant, v, f), files[f])
-                except KeyExists as e:
-                    raise StoreError(f"{self.uri('tenants', tenant, 'versions', str(v), f)} already exists although this commit claimed version {v}") from e
-                written.append(f)
-            m.versions.append(VersionEntry(
-                version=v, parent=parent, created_at=now_iso(), message=message, base_id=state.base_id,
-                concepts=[c.name for c in concepts], tokens=sorted(state.tokens), nnz=state.delta.nnz,
-                value_dtype=self.cfg.value_dtype, files={f: file_digest(b) for f, b in files.items()},
-            ))
-            m.moved(v, action)
-            self._backend.replace(self._tkey(tenant, "manifest.json"), m.to_bytes(), tag)
-        except PreconditionFailed:
-            now, _ = self._manifest(tenant)
-            self._cleanup(tenant, v, written)
-            raise self._conflict(tenant, parent, None if now is None else now.head, v) from None
-        log.info("tenant %s: committed version %d (parent %s, %d entries): %s", tenant, v, parent, state.delta.nnz, message)
-        return v
-
-    def _claim(self, tenant: str, v: int, delta_bytes: bytes) -> int:
-        """Create version ``v``'s delta.parquet create-once; a number taken by a leftover or a racer is skipped."""
-        for _ in range(_CLAIM_TRIES):
-            try:
-                self._backend.put_once(self._vkey(tenant, v, "delta.parquet"), delta_bytes)
-                return v
-            except KeyExists:
-                taken = [int(d) for d in self._backend.list_dirs(self._tkey(tenant, "versions")) if d.isdigit()]
-                v = max([v, *taken]) + 1
-        raise StoreError(f"tenant {tenant!r}: could not claim a version number after {_CLAIM_TRIES} tries (many concurrent committers?); retry")
-
-    def _cleanup(self, tenant: str, v: int, written: list[str]) -> None:
-        for f in reversed(written):  # delta.parquet (the claim) last
-            try:
-                self._backend.delete(self._vkey(tenant, v, f))
-            except CNSError as e:
-                log.warning("could not remove leftover %s of the losing commit: %s", f, e)
-
-    def _conflict(self, tenant: str, expected: int | None, found: int | None, v: int | None) -> CommitConflictError:
-        what = f"version {v} was not made visible" if v is not None else "nothing was written"
-        return CommitConflictError(
-            f"tenant {tenant!r}: commit expected head {expected}, found head {found}: another writer moved the head first "
-            f"({what}). Fix: reload the tenant's state (store.load / store.head), apply your change to it again and "
-            f"commit with parent={found}"
-        )
+        return commit_state(self, tenant, state, parent, message, "commit")
 
     def rollback(self, tenant: str, version: int) -> None:
-        """Move the head to an existing version (after checking that version's files); history keeps every version."""
-        m, tag = self._manifest(tenant)
-        if m is None:
-            raise NotFoundError(f"tenant {tenant!r} has no versions in store {self.uri()}: nothing to roll back")
-        m.entry(int(version))
-        self.load(tenant, int(version))  # refuse to point the head at a damaged version
-        if m.head == int(version):
-            return
-        before = m.head
-        m.moved(int(version), "rollback")
-        try:
-            self._backend.replace(self._tkey(tenant, "manifest.json"), m.to_bytes(), tag)
-        except PreconditionFailed:
-            now, _ = self._manifest(tenant)
-            raise self._conflict(tenant, before, None if now is None else now.head, None) from None
-        log.info("tenant %s: head %s -> %s (rollback)", tenant, before, version)
+        """Move the head to a kept version (after checking that version's files); history keeps every version."""
+        rollback_head(self, tenant, int(version))
 
     def delete_concept(self, tenant: str, name: str) -> int:
-        """A new version without concept ``name``: its token removed, its delta entries no other concept covers reset."""
+        """A new version without concept ``name``: its token removed, its delta entries no other concept covers reset.
+        Its learned values on neurons it shared stay, and old versions still hold it: :meth:`purge` erases it."""
         validate_name(name, "concept")
         state = self.load(tenant)
         rec = state.concept(name)
@@ -255,17 +252,34 @@ class ConceptStore:
         message = (f"delete concept {name}: removed token {rec.token}, reset {dropped} delta entries "
                    f"({rec.nnz - dropped} of its neurons kept: shared with other concepts)")
         new = TenantState(tenant=tenant, base_id=state.base_id, delta=delta, tokens=tokens, concepts=rest)
-        return self._commit(tenant, new, state.version, message, "delete")
+        return commit_state(self, tenant, new, state.version, message, "delete")
 
     # ------------------------------------------------------------------ general masks
     def _mkey(self, base_id: str, key: str) -> str:
         return f"bases/{validate_name(base_id, 'base_id')}/general/{validate_name(key, 'general-mask key')}.parquet"
 
+    def read_general_masks(self, mask_key: str):
+        """(masks, meta) of one cache file, checked against its digest sidecar ``{key}.json`` when there is one
+        (files written before the sidecar existed are checked by decoding only). CorruptStateError if damaged."""
+        data = self._backend.get(mask_key)
+        side = mask_key[: -len(".parquet")] + ".json"
+        try:
+            want = json.loads(self._backend.get(side))
+        except NotFoundError:
+            want = None
+        except ValueError as e:
+            raise CorruptStateError(f"{self._backend.uri(side)} is not JSON ({e}); delete it and the mask file to recompute") from e
+        got = file_digest(data)
+        if want is not None and {"bytes": want.get("bytes"), "sha256": want.get("sha256")} != got:
+            raise CorruptStateError(f"{self._backend.uri(mask_key)} is corrupt or truncated: {got['bytes']} bytes "
+                                    f"(sha256 {got['sha256'][:12]}), its digest file says {want.get('bytes')} bytes "
+                                    f"(sha256 {str(want.get('sha256'))[:12]}); delete both to recompute (cns calibrate)")
+        return codec.decode_masks(data, self._backend.uri(mask_key))
+
     def get_general_masks(self, base_id: str, key: str):
         """Cached general masks (layer -> bool [out, in]) or None; a damaged cache file counts as a miss."""
-        k = self._mkey(base_id, key)
         try:
-            masks, _ = codec.decode_masks(self._backend.get(k), self._backend.uri(k))
+            masks, _ = self.read_general_masks(self._mkey(base_id, key))
         except NotFoundError:
             return None
         except CorruptStateError as e:
@@ -275,7 +289,9 @@ class ConceptStore:
 
     def put_general_masks(self, base_id: str, key: str, masks, meta: dict) -> None:
         k = self._mkey(base_id, key)
-        self._backend.put(k, codec.encode_masks(masks, {**meta, "base_id": base_id, "key": key}))
+        data = codec.encode_masks(masks, {**meta, "base_id": base_id, "key": key})
+        self._backend.put(k, data)
+        self._backend.put(k[: -len(".parquet")] + ".json", json.dumps(file_digest(data), sort_keys=True).encode())
 
     # ------------------------------------------------------------------ maintenance (export, verify)
     def export(self, tenant: str, dest_dir: str, version: int | None = None) -> str:
@@ -289,8 +305,9 @@ class ConceptStore:
 
         return verify_store(self)
 
-    def orphans(self) -> list[str]:
-        """Version folders no manifest names (interrupted or losing commits): invisible garbage, not errors."""
+    def orphans(self, now: float | None = None) -> list[str]:
+        """Version folders no head record keeps (interrupted or losing commits, past their lease at ``now``, default
+        the current time): invisible garbage, not errors."""
         from cns_ray.store.maintenance import find_orphans
 
-        return find_orphans(self)
+        return find_orphans(self, now)

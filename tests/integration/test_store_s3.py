@@ -22,24 +22,24 @@ def store_uri(s3_env):
     return f"s3://{s3_env}/prefix"
 
 
-def test_layout_and_conditional_manifest_on_s3(store_uri, s3_env):
+def test_layout_and_conditional_head_on_s3(store_uri, s3_env):
     store = ConceptStore(StoreConfig(uri=store_uri))
     store.commit("acme", make_state("acme"), parent=None)
     client = boto3.client("s3", endpoint_url=s3_endpoint(), region_name="us-east-1")
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_env)["Contents"])
     assert keys == [
-        "prefix/tenants/acme/manifest.json",
-        "prefix/tenants/acme/versions/1/concepts.parquet",
-        "prefix/tenants/acme/versions/1/delta.parquet",
-        "prefix/tenants/acme/versions/1/tokens.parquet",
+        "prefix/tenants/acme/head.json",
+        *[f"prefix/tenants/acme/versions/1/{f}" for f in
+          ("commit.json", "concepts.parquet", "delta.parquet", "tokens.parquet", "version.json")],
     ]
-    # Someone rewrites the manifest behind our back: a commit based on the old ETag must lose.
-    m, etag = store._manifest("acme")
-    client.put_object(Bucket=s3_env, Key="prefix/tenants/acme/manifest.json", Body=m.to_bytes() + b" ")
+    # Someone rewrites the head behind our back: a move based on the old ETag must lose.
+    head = client.get_object(Bucket=s3_env, Key="prefix/tenants/acme/head.json")
+    body, etag = head["Body"].read(), head["ETag"]
+    client.put_object(Bucket=s3_env, Key="prefix/tenants/acme/head.json", Body=body + b" ")
     from cns_ray.store.backend import PreconditionFailed
 
     with pytest.raises(PreconditionFailed):
-        store._backend.replace("tenants/acme/manifest.json", m.to_bytes(), etag)
+        store.backend.replace("tenants/acme/head.json", body, etag)
 
 
 def test_missing_bucket_is_a_clear_error(s3_env):

@@ -16,6 +16,7 @@ from store_data import assert_same_state, make_state
 
 from cns_ray.config import StoreConfig
 from cns_ray.store import ConceptStore
+from cns_ray.store.commit import LEASE_S
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TESTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +47,7 @@ def test_manifest_replace_is_exclusive_across_processes(store_uri, tmp_path):
     code = """
         import importlib.util, os, sys, time
         spec = importlib.util.spec_from_file_location("backend", os.path.join(sys.argv[1], "cns_ray/store/backend.py"))
-        backend = importlib.util.module_from_spec(spec); spec.loader.exec_module(backend)
+        backend = sys.modules["backend"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(backend)
         root, go, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
         b = backend.LocalBackend(root, root)
         while not os.path.exists(go):
@@ -89,6 +90,6 @@ def test_process_killed_before_head_moves(store_uri):
     assert r.returncode == -9, r.stderr[-2000:]
     assert store.head("acme") == 1 and [h.version for h in store.history("acme")] == [1]
     assert_same_state(store.load("acme"), first)
-    assert len(store.orphans()) == 1 and store.verify() == []
+    assert store.orphans() == [] and len(store.orphans(now=time.time() + LEASE_S + 1)) == 1 and store.verify() == []
     assert sorted(os.listdir(os.path.join(store_uri, "tenants", "acme", "versions", "2"))) == [
-        "concepts.parquet", "delta.parquet", "tokens.parquet"]
+        "commit.json", "concepts.parquet", "delta.parquet", "tokens.parquet", "version.json"]
