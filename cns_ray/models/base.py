@@ -7,8 +7,6 @@ a state learned on one base is refused on another.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from contextlib import contextmanager
@@ -92,37 +90,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CNS_CACHE_DIR", Path.home() / ".cache" / "cns-ray"))
 
 
-def _sync_s3_folder(uri: str, cache_dir: Path) -> Path:
-    """Copy an ``s3://`` diffusers folder into ``cache_dir`` once (keyed by URI); returns the local folder."""
-    import pyarrow.fs as pafs
+def _local_variant(path: Path, spec: str) -> str | None:
+    """The weight variant a local diffusers folder needs (``fp16`` when it holds only ``*.fp16.*`` weights)."""
+    from cns_ray.models.files import detect_variant
 
-    from cns_ray.fs import resolve
-
-    loc = resolve(uri)
-    dest = cache_dir / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    marker = dest / ".complete"
-    if marker.exists():
-        return dest
-    info = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
-    files = [i for i in info if i.type == pafs.FileType.File]
-    if not files:
-        raise ModelLoadError(f"no files under {uri}: point --base-model at a diffusers folder (with model_index.json)")
-    tmp = dest.with_name(dest.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        rel = f.path[len(loc.path) :].lstrip("/")
-        out = tmp / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with loc.fs.open_input_stream(f.path) as src, open(out, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-    if dest.exists():
-        import shutil
-
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    marker.touch()
-    return dest
+    return detect_variant([p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()], spec)
 
 
 @contextmanager
@@ -148,10 +120,20 @@ def _quiet_diffusers(quiet: bool):
             lib.enable_progress_bar()
 
 
-def load_base_model(spec: str = TINY, *, dtype: torch.dtype = torch.float32, device: str = "cpu", cache_dir: Path | None = None) -> BaseModel:
+def load_base_model(
+    spec: str = TINY,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    cache_dir: Path | None = None,
+    variant: str | None = None,
+) -> BaseModel:
     """Load ``tiny`` (the default: shipped, trained on the toy world; ``tiny-world`` is an alias), ``tiny-random``
     (random weights built offline from configs: for fast tests of the system's mechanics; its images are noise), a
-    local diffusers folder, or an ``s3://`` diffusers folder."""
+    local diffusers folder, or an ``s3://`` diffusers folder (copied once to ``cache_dir``: cns_ray/models/s3_cache.py).
+
+    variant: the weight variant to load (``fp16``, ...); None = plain weights, or the one variant a folder holds
+    when some of its components have only variant weights (e.g. a folder of ``*.fp16.safetensors``)."""
     folder: Path | None = None
     if spec == TINY_RANDOM:
         from cns_ray.models.tiny import build_tiny_pipeline
@@ -166,7 +148,10 @@ def load_base_model(spec: str = TINY, *, dtype: torch.dtype = torch.float32, dev
 
             path = data_path(*TINY_FOLDER)
         elif spec.startswith("s3://"):
-            path = _sync_s3_folder(spec, cache_dir or default_cache_dir())
+            from cns_ray.models.s3_cache import sync_folder
+
+            synced = sync_folder(spec, cache_dir or default_cache_dir(), variant)
+            path, variant = synced.path, synced.variant
         if not (path / "model_index.json").exists():
             if spec in (TINY, TINY_WORLD):
                 raise ModelLoadError(
@@ -178,12 +163,15 @@ def load_base_model(spec: str = TINY, *, dtype: torch.dtype = torch.float32, dev
                 "shipped default), 'tiny-random' (random weights, for tests), a folder saved with save_pretrained "
                 "(e.g. Stable Diffusion 1.5), or s3://bucket/prefix of one"
             )
+        if variant is None and not spec.startswith("s3://"):
+            variant = _local_variant(path, spec)
         try:
             with _quiet_diffusers(spec in (TINY, TINY_WORLD)):
                 from diffusers import StableDiffusionPipeline
 
                 pipe = StableDiffusionPipeline.from_pretrained(
-                    str(path), safety_checker=None, requires_safety_checker=False, dtype=dtype, local_files_only=True
+                    str(path), safety_checker=None, requires_safety_checker=False, dtype=dtype, local_files_only=True,
+                    variant=variant,
                 )
         except Exception as e:  # diffusers raises many types here
             raise ModelLoadError(f"could not load diffusers folder {path}: {e}") from e
@@ -195,7 +183,7 @@ def load_base_model(spec: str = TINY, *, dtype: torch.dtype = torch.float32, dev
     for m in (pipe.unet, pipe.text_encoder, pipe.vae):
         m.eval().requires_grad_(False)
     base_id = compute_base_id(pipe.unet)
-    log.info("loaded base model %s (base_id %s)", spec, base_id)
+    log.info("loaded base model %s (base_id %s%s)", spec, base_id, f", variant {variant}" if variant else "")
     return BaseModel(pipeline=pipe, base_id=base_id, source=spec, folder=folder)
 
 

@@ -68,3 +68,13 @@ def test_broken_folder_is_a_model_load_error(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}')
     with pytest.raises(ModelLoadError, match="could not load"):
         load_base_model(str(tmp_path))
+
+
+def test_folder_of_only_fp16_weights_loads(tiny_base, tmp_path):
+    """A folder saved with variant="fp16" holds only *.fp16.safetensors: detected, loaded, same base_id."""
+    folder = tmp_path / "fp16"
+    tiny_base.pipeline.save_pretrained(str(folder), variant="fp16")
+    assert not list(folder.rglob("diffusion_pytorch_model.safetensors"))
+    loaded = load_base_model(str(folder))
+    assert loaded.base_id == tiny_base.base_id
+    assert load_base_model(str(folder), variant="fp16").base_id == tiny_base.base_id
