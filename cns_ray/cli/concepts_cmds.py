@@ -20,7 +20,7 @@ def register(sub) -> None:
             p.add_argument("--version", type=int, default=None, help="tenant version (default: head)")
         if json_out:
             p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, exit_hard=True)
         return p
 
     verb("list", "concepts of a tenant at a version", _list, version=True, json_out=True)
@@ -39,11 +39,11 @@ def register(sub) -> None:
                         description="check every version of every tenant and the mask cache; exit 1 on problems")
     add_common(p, base_model=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_verify)
+    p.set_defaults(func=_verify, exit_hard=True)
     p = ssub.add_parser("tenants", help="list the store's tenants and their heads")
     add_common(p, base_model=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_tenants)
+    p.set_defaults(func=_tenants, exit_hard=True)
 
 
 def _store(args):
@@ -59,7 +59,14 @@ def _concept_row(c) -> dict:
 
 
 def _list(args) -> int:
-    state = _store(args).load(args.tenant, args.version)
+    store = _store(args)
+    if args.version is None and store.head(args.tenant) is None:  # a tenant with no versions has no concepts
+        if args.json:
+            print(json.dumps({"tenant": args.tenant, "version": None, "concepts": []}, indent=1))
+        else:
+            print(f"tenant {args.tenant}: no versions yet, 0 concept(s)")
+        return 0
+    state = store.load(args.tenant, args.version)
     rows = [_concept_row(c) for c in state.concepts]
     if args.json:
         print(json.dumps({"tenant": args.tenant, "version": state.version, "concepts": rows}, indent=1))

@@ -21,3 +21,13 @@ def test_help_lists_verbs_and_options(argv, expect, capsys):
         main(argv)
     out = capsys.readouterr().out
     assert e.value.code == 0 and all(x in out for x in expect), out
+
+
+def test_empty_tenant_lists_as_empty(tmp_path, capsys):
+    import json
+
+    store = str(tmp_path / "s")
+    assert main(["concepts", "list", "--store", store, "--tenant", "nobody", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"tenant": "nobody", "version": None, "concepts": []}
+    assert main(["concepts", "list", "--store", store, "--tenant", "nobody"]) == 0
+    assert "0 concept(s)" in capsys.readouterr().out
