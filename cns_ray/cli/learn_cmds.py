@@ -1,4 +1,4 @@
-"""``cns learn`` (local or attached Ray), ``cns submit learn`` (Ray job), ``cns jobs list|status|logs``.
+"""``cns learn`` (local or attached Ray), ``cns submit learn`` (Ray job), ``cns jobs list|status|logs|stop``.
 
 ``add_learn_args`` / ``learn_request_and_config`` are shared with ``python -m pipelines.learn``.
 """
@@ -128,19 +128,27 @@ def register(sub) -> None:
         default=None,
         help="upload this folder with the job (e.g. . = the repository); default: the project installed on the cluster",
     )
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the job")
-    p.add_argument("--wait", action="store_true", help="follow the job until it ends, then print its logs")
+    p.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="environment for the job (e.g. AWS_DEFAULT_REGION); secret-looking names are refused: see --allow-secret-env",
+    )
+    p.add_argument(
+        "--allow-secret-env", action="store_true",
+        help="send secret-looking --env values anyway (anyone with the jobs API can read them; prefer node IAM roles)",
+    )
+    p.add_argument("--wait", action="store_true", help="stream the job's logs until it ends; exit 1 unless it succeeded")
     p.set_defaults(func=cmd_submit_learn)
 
-    p = sub.add_parser("jobs", help="Ray jobs on a cluster: list, status, logs")
+    p = sub.add_parser("jobs", help="Ray jobs on a cluster: list, status, logs, stop")
     jsub = p.add_subparsers(dest="jobs_cmd", required=True, metavar="CMD")
-    for name, helptext in (("list", "list jobs"), ("status", "one job's status"), ("logs", "one job's logs")):
+    for name, helptext in (("list", "list jobs"), ("status", "one job's status"), ("logs", "one job's logs"),
+                           ("stop", "stop a job")):
         q = jsub.add_parser(name, help=helptext)
         _address_arg(q, dashboard=True)
         if name != "list":
             q.add_argument("job_id")
         if name == "logs":
-            q.add_argument("--follow", action="store_true", help="wait until the job ends")
+            q.add_argument("--follow", action="store_true", help="stream the logs as they come, until the job ends")
         q.set_defaults(func=cmd_jobs)
 
 
@@ -199,7 +207,7 @@ def _learn_queued(args, request, cfg) -> int:
 
 def cmd_submit_learn(args) -> int:
     from cns_ray.errors import ConfigError
-    from cns_ray.jobs.submit import job_logs, submit_learn_job
+    from cns_ray.jobs.submit import submit_learn_job
 
     request, cfg = learn_request_and_config(args)
     env = {}
@@ -209,30 +217,30 @@ def cmd_submit_learn(args) -> int:
         k, v = kv.split("=", 1)
         env[k] = v
     job_id = submit_learn_job(
-        args.address, request, cfg, args.store, args.base_model, args.working_dir, env_vars=env, run_name=args.run_name
+        args.address, request, cfg, args.store, args.base_model, args.working_dir, env_vars=env, run_name=args.run_name,
+        allow_secret_env=args.allow_secret_env,
     )
-    print(job_id)
+    print(job_id, flush=True)
     if not args.wait:
         print(f"follow it with: cns jobs logs --address {args.address} {job_id} --follow", file=sys.stderr)
         return 0
     st = _follow(args.address, job_id)
-    print(job_logs(args.address, job_id))
     print(f"job {job_id}: {st['status']}", file=sys.stderr)
     return 0 if st["status"] == "SUCCEEDED" else 1
 
 
-def _follow(address: str, job_id: str, poll_s: float = 2.0) -> dict:
-    from cns_ray.jobs.submit import job_status
+def _follow(address: str, job_id: str, poll_s: float = 1.0) -> dict:
+    """Stream the job's logs as they come; then its final status (the stream may end a moment before it)."""
+    from cns_ray.jobs.submit import follow_logs, job_status
 
-    while True:
-        st = job_status(address, job_id)
-        if st["status"] in TERMINAL:
-            return st
+    follow_logs(address, job_id, lambda chunk: print(chunk, end="", flush=True))
+    while (st := job_status(address, job_id))["status"] not in TERMINAL:
         time.sleep(poll_s)
+    return st
 
 
 def cmd_jobs(args) -> int:
-    from cns_ray.jobs.submit import job_logs, job_status, list_jobs
+    from cns_ray.jobs.submit import job_logs, job_status, list_jobs, stop_job
 
     if args.jobs_cmd == "list":
         jobs = list_jobs(args.address)
@@ -244,7 +252,13 @@ def cmd_jobs(args) -> int:
     if args.jobs_cmd == "status":
         print(json.dumps(job_status(args.address, args.job_id), indent=2, default=str))
         return 0
-    if getattr(args, "follow", False):
-        _follow(args.address, args.job_id)
+    if args.jobs_cmd == "stop":
+        stopped = stop_job(args.address, args.job_id)
+        print(f"job {args.job_id}: {'stop requested' if stopped else 'was not running'}")
+        return 0
+    if args.follow:
+        st = _follow(args.address, args.job_id)
+        print(f"job {args.job_id}: {st['status']}", file=sys.stderr)
+        return 0
     print(job_logs(args.address, args.job_id))
     return 0

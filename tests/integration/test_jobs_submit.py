@@ -64,6 +64,71 @@ def test_learn_entrypoint_round_trips_through_the_pipeline_parser():
     assert (args.store, args.base_model, args.run_name) == ("s3://b/store", "tiny", "r1")
 
 
+@pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "CNS_ADMIN_KEY", "DB_PASSWORD"])
+def test_secret_env_refused_before_contacting_the_cluster(name, capsys):
+    from cns_ray.cli import main
+
+    port = free_port()  # nothing listens there: the refusal must come first
+    rc = main(["submit", "learn", "--tenant", "acme", "--concept", "mug", "--images", str(EXAMPLES / "mug"),
+               "--class-word", "mug", "--address", f"http://127.0.0.1:{port}", "--env", f"{name}=s3cr3t",
+               "--env", "AWS_DEFAULT_REGION=eu-west-1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert name in err and "runtime_env" in err and "--allow-secret-env" in err and "IAM" in err
+    assert "AWS_DEFAULT_REGION" not in err and "s3cr3t" not in err and "Traceback" not in err
+
+
+def test_unreachable_cluster_is_one_line(capsys, caplog):
+    from cns_ray.cli import main
+
+    port = free_port()
+    rc = main(["submit", "learn", "--tenant", "acme", "--concept", "mug", "--images", str(EXAMPLES / "mug"),
+               "--class-word", "mug", "--address", f"http://127.0.0.1:{port}", "--env", "AWS_SECRET_ACCESS_KEY=x",
+               "--allow-secret-env"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"cannot reach the Ray jobs API at http://127.0.0.1:{port}" in lines[0]
+    assert "--address" in lines[0]
+    assert any("AWS_SECRET_ACCESS_KEY" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    for verb in (["jobs", "list"], ["jobs", "status", "raysubmit_x"], ["jobs", "stop", "raysubmit_x"]):
+        assert main([*verb, "--address", f"http://127.0.0.1:{port}"]) == 2
+        assert "cannot reach the Ray jobs API" in capsys.readouterr().err
+
+
+def test_images_resolved_at_submission(tmp_path, capsys):
+    from cns_ray.cli import main
+    from cns_ray.errors import ConfigError
+    from cns_ray.jobs.submit import job_images_path
+
+    rc = main(["submit", "learn", "--tenant", "acme", "--concept", "mug", "--images", "no/such/dir", "--class-word",
+               "mug", "--address", f"http://127.0.0.1:{free_port()}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--images 'no/such/dir': no such folder" in err
+    inside = EXAMPLES / "mug"
+    assert job_images_path(str(inside), str(ROOT)) == os.path.join("cns_ray", "data", "examples", "mug")
+    assert job_images_path(str(inside), None) == str(inside)  # no upload: this machine's absolute path
+    assert job_images_path("s3://b/imgs", str(ROOT)) == "s3://b/imgs"
+    with pytest.raises(ConfigError, match="tests/, which the job upload leaves out"):
+        job_images_path(str(ROOT / "tests" / "unit"), str(ROOT))
+
+
+def test_working_dir_upload_leaves_out_what_a_job_does_not_need(tmp_path):
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from cns_ray.jobs.submit import WORKING_DIR_EXCLUDES
+
+    target = tmp_path / "wd.zip"
+    create_package(str(ROOT), target, include_gitignore=True, excludes=list(WORKING_DIR_EXCLUDES))  # what Ray uploads
+    names = zipfile.ZipFile(target).namelist()
+    assert "pipelines/learn.py" in names and "cns_ray/data/base/tiny-world/model_index.json" in names
+    for top in ("tests/", "docs/", "benchmarks/", ".venv/", ".git/", "cns-store/", "cns-out/"):
+        assert not any(n.startswith(top) for n in names), top
+    assert target.stat().st_size < 15 * 2**20, target.stat().st_size
+
+
 def _ray_env() -> dict:
     env = dict(os.environ)
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",
@@ -113,21 +178,33 @@ def ray_head():
 
 
 @pytest.mark.slow
-def test_ray_job_submit_pipelines_learn(ray_head, tmp_path):
-    from cns_ray.jobs.submit import job_logs, job_status, list_jobs, submit_learn_job
+def test_ray_job_submit_pipelines_learn(ray_head, tmp_path, monkeypatch):
+    from cns_ray.jobs.submit import JobsAPIError, follow_logs, job_logs, job_status, list_jobs, stop_job, submit_learn_job
     from cns_ray.learn import ConceptRequest
     from cns_ray.store import ConceptStore
 
     store_uri = str(tmp_path / "store")
-    req = ConceptRequest("acme", "mug", "mug", str(EXAMPLES / "mug"))
+    monkeypatch.chdir(ROOT)  # a relative --images path, resolved at submission and carried by the upload
+    req = ConceptRequest("acme", "mug", "mug", os.path.relpath(EXAMPLES / "mug", ROOT))
     cfg = LearnerConfig(steps=4, checkpoint_every=2, batch_size=2, cpus_per_worker=0.5, max_failures=1)
     job_id = submit_learn_job(ray_head, req, cfg, store_uri, "tiny", working_dir=str(ROOT))
 
-    deadline = time.monotonic() + 400
+    chunks: list[str] = []
+    status_at_first_chunk: list[str] = []
+
+    def write(chunk: str) -> None:
+        if not chunks:
+            status_at_first_chunk.append(job_status(ray_head, job_id)["status"])
+        chunks.append(chunk)
+
+    follow_logs(ray_head, job_id, write)  # returns when the job's log stream ends
+    deadline = time.monotonic() + 60
     while (st := job_status(ray_head, job_id))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.monotonic() < deadline, f"job still {st['status']}: {job_logs(ray_head, job_id)[-3000:]}"
-        time.sleep(2)
+        time.sleep(1)
     logs = job_logs(ray_head, job_id)
+    assert status_at_first_chunk == ["RUNNING"], status_at_first_chunk  # streamed while it ran, not after
+    assert "committed version 1" in "".join(chunks)
     assert st["status"] == "SUCCEEDED", logs[-3000:]
     assert "committed version 1 for tenant acme" in logs
     assert st["metadata"] == {"cns": "learn", "tenant": "acme", "concept": "mug"}
@@ -135,3 +212,14 @@ def test_ray_job_submit_pipelines_learn(ray_head, tmp_path):
 
     store = ConceptStore(StoreConfig(uri=store_uri))
     assert store.head("acme") == 1 and store.load("acme").concept("mug") is not None
+
+    # Unknown ids are one-line errors; a running job can be stopped.
+    with pytest.raises(JobsAPIError, match=r"no job 'raysubmit_nope'.*cns jobs list"):
+        job_status(ray_head, "raysubmit_nope")
+    long = submit_learn_job(ray_head, ConceptRequest("acme", "mug2", "mug", str(EXAMPLES / "mug")),
+                            LearnerConfig(steps=5000, cpus_per_worker=0.5), store_uri, "tiny", working_dir=str(ROOT))
+    assert stop_job(ray_head, long) in (True, False)
+    deadline = time.monotonic() + 120
+    while (st := job_status(ray_head, long))["status"] != "STOPPED":
+        assert st["status"] not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline, st
+        time.sleep(1)
