@@ -298,3 +298,41 @@ def test_cli_concepts_verbs(store, store_uri, capsys):
     rc, out, _ = cns("store", "verify", "--json")
     report = json.loads(out)
     assert rc == 1 and len(report["problems"]) == 1 and "tokens.parquet" in report["problems"][0]
+
+
+# ---------------------------------------------------------------------------------------------- retention
+def test_gc_keeps_head_parent_and_newest_and_spares_in_flight_commits(store, store_uri, monkeypatch):
+    from cns_ray.store.gc import GcPolicy, collect
+
+    parent = None
+    for i in range(5):
+        parent = store.commit("acme", make_state("acme", ("rex",) + tuple(f"c{k}" for k in range(i)), seed=i), parent=parent)
+    store.rollback("acme", 2)  # head 2, its parent 1
+    store.backend.put("checkpoints/acme/run-failed/checkpoint_000/state.pt", b"x")
+    real_replace = store.backend.replace
+
+    def crash(*a, **k):
+        raise RuntimeError("crash before the head moved")
+
+    monkeypatch.setattr(store.backend, "replace", crash)
+    with pytest.raises(RuntimeError):
+        store.commit("acme", make_state("acme", ("rex", "half"), seed=9), parent=2)  # claims version 6
+    monkeypatch.setattr(store.backend, "replace", real_replace)
+
+    dry = collect(store, GcPolicy(keep_last=2, dry_run=True))
+    assert dry.removed_versions == {"acme": [3]} and [h.version for h in store.history("acme")] == [1, 2, 3, 4, 5]
+    rep = collect(store, GcPolicy(keep_last=2, grace_s=3600))
+    assert rep.removed_versions == {"acme": [3]} and rep.orphans == [] and rep.checkpoints == []  # v6 in flight
+    assert [h.version for h in store.history("acme")] == [1, 2, 4, 5] and store.head("acme") == 2
+    assert store.backend.list_files("tenants/acme/versions/3") == []
+    with pytest.raises(NotFoundError, match="version 3 \\(it was removed"):
+        store.rollback("acme", 3)
+    store.rollback("acme", 5)
+    assert store.verify() == []
+
+    later = time.time() + LEASE_S + 3601
+    rep = collect(store, GcPolicy(grace_s=3600), now=later)
+    assert len(rep.orphans) == 1 and "versions/6" in rep.orphans[0]
+    assert len(rep.checkpoints) == 1 and "run-failed" in rep.checkpoints[0]
+    assert store.backend.list_files("tenants/acme/versions/6") == [] and store.backend.list_files("checkpoints") == []
+    assert [h.version for h in store.history("acme")] == [1, 2, 4, 5] and store.verify() == []

@@ -33,13 +33,23 @@ def register(sub) -> None:
     verb("export", "copy one version (files + manifest excerpt) to a folder or s3://", _export, version=True).add_argument(
         "dest", help="destination folder or s3://bucket/prefix")
 
-    store = sub.add_parser("store", help="the concept store: verify, tenants")
+    store = sub.add_parser("store", help="the concept store: verify, gc, tenants")
     ssub = store.add_subparsers(dest="store_command", required=True, metavar="VERB")
     p = ssub.add_parser("verify", help="check every version of every tenant and the mask cache; exit 1 on problems",
                         description="check every version of every tenant and the mask cache; exit 1 on problems")
     add_common(p, base_model=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_verify, exit_hard=True)
+    p = ssub.add_parser("gc", help="remove orphans, stale temp files and failed runs' checkpoints; old versions with --keep-last",
+                        description="remove what no reader can reach (orphan version folders past their commit's lease, "
+                        "temporary files and failed runs' checkpoints untouched for --grace-hours, legacy manifests), and "
+                        "with --keep-last N every version but the N newest, the head and the head's parent")
+    add_common(p, base_model=False)
+    p.add_argument("--keep-last", type=int, default=None, metavar="N", help="keep the N newest versions per tenant (default: all)")
+    p.add_argument("--grace-hours", type=float, default=6.0, help="age before temp files/checkpoints count as stale (default 6)")
+    p.add_argument("--dry-run", action="store_true", help="report only; remove nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_gc, exit_hard=True)
     p = ssub.add_parser("tenants", help="list the store's tenants and their heads")
     add_common(p, base_model=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -154,6 +164,26 @@ def _verify(args) -> int:
         for o in orphans:
             print(f"orphan  {o}")
     return 1 if problems else 0
+
+
+def _gc(args) -> int:
+    from dataclasses import asdict
+
+    from cns_ray.store.gc import GcPolicy
+
+    rep = _store(args).gc(GcPolicy(keep_last=args.keep_last, grace_s=args.grace_hours * 3600, dry_run=args.dry_run))
+    if args.json:
+        print(json.dumps(asdict(rep), indent=1))
+        return 0
+    verb = "would remove" if rep.dry_run else "removed"
+    n_versions = sum(len(v) for v in rep.removed_versions.values())
+    print(f"gc {verb}: {n_versions} old version(s), {len(rep.orphans)} orphan folder(s), {len(rep.temp_files)} temp file(s), "
+          f"{len(rep.checkpoints)} checkpoint folder(s), {len(rep.legacy_manifests)} legacy manifest(s)")
+    for t, vs in rep.removed_versions.items():
+        print(f"  tenant {t}: versions {vs}")
+    for x in rep.orphans + rep.temp_files + rep.checkpoints + rep.legacy_manifests:
+        print(f"  {x}")
+    return 0
 
 
 def _tenants(args) -> int:

@@ -109,7 +109,8 @@ def rollback_head(store: "ConceptStore", tenant: str, version: int) -> None:
     if head is None:
         raise NotFoundError(f"tenant {tenant!r} has no versions in store {store.uri()}: nothing to roll back")
     if not ranges_has(head.live, version):
-        raise NotFoundError(f"tenant {tenant!r} has no version {version} (versions: {ranges_text(head.live)}); "
+        gone = " (it was removed: `cns store gc --keep-last` or `cns concepts purge`)" if ranges_has(head.committed, version) else ""
+        raise NotFoundError(f"tenant {tenant!r} has no version {version}{gone} (versions: {ranges_text(head.live)}); "
                             "pick one from `cns concepts history`")
     store.load(tenant, version)  # refuse to point the head at a damaged version
     if head.head == version:

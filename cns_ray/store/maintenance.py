@@ -139,7 +139,9 @@ class Orphan:
     why: str
 
 
-def version_orphans(store: "ConceptStore", now: float) -> list[Orphan]:
+def version_orphans(store: "ConceptStore", now: float, grace_s: float = 0.0) -> list[Orphan]:
+    """Version folders no head keeps, past their commit's lease (folders without a claim marker, from older
+    versions of cns-ray: untouched for ``grace_s``)."""
     out = []
     b = store.backend
     for t, h, err in _tenant_heads(store):
@@ -154,8 +156,14 @@ def version_orphans(store: "ConceptStore", now: float) -> list[Orphan]:
             if not files:
                 continue
             marker = f"{prefix}/{MARKER}"
-            if marker in files and read_marker(b.get(marker)).get("lease_until", 0) > now:
-                continue  # an in-flight commit: not garbage yet
+            if marker in files:
+                try:
+                    if read_marker(b.get(marker)).get("lease_until", 0) > now:
+                        continue  # an in-flight commit: not garbage yet
+                except NotFoundError:
+                    continue  # removed meanwhile
+            elif grace_s > 0 and max((e.mtime for e in b.list_entries(prefix)), default=0.0) > now - grace_s:
+                continue
             why = ("files of a version removed from the kept set" if h is not None and d.isdigit() and ranges_has(h.committed, int(d))
                    else "files without a committed record (an interrupted or losing commit); invisible, safe to delete")
             out.append(Orphan(t, int(d) if d.isdigit() else None, prefix, why))

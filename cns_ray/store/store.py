@@ -22,6 +22,7 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from cns_ray.config import StoreConfig
 from cns_ray.errors import CorruptStateError, InvalidNameError, NotFoundError
@@ -33,6 +34,9 @@ from cns_ray.store.head import HeadRecord, ranges_has, ranges_iter, ranges_text
 from cns_ray.store.manifest import VERSION_FILES, Manifest, VersionEntry, file_digest
 from cns_ray.store.names import validate_name
 from cns_ray.store.state import TenantState, VersionInfo
+
+if TYPE_CHECKING:
+    from cns_ray.store.gc import GcReport
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +308,12 @@ class ConceptStore:
         from cns_ray.store.maintenance import verify_store
 
         return verify_store(self)
+
+    def gc(self, policy) -> "GcReport":
+        """Remove orphans, stale temporary files and checkpoints, and old versions by ``policy`` (see gc.py)."""
+        from cns_ray.store.gc import collect
+
+        return collect(self, policy)
 
     def orphans(self, now: float | None = None) -> list[str]:
         """Version folders no head record keeps (interrupted or losing commits, past their lease at ``now``, default

@@ -93,3 +93,22 @@ def test_process_killed_before_head_moves(store_uri):
     assert store.orphans() == [] and len(store.orphans(now=time.time() + LEASE_S + 1)) == 1 and store.verify() == []
     assert sorted(os.listdir(os.path.join(store_uri, "tenants", "acme", "versions", "2"))) == [
         "commit.json", "concepts.parquet", "delta.parquet", "tokens.parquet", "version.json"]
+
+
+def test_cli_gc_removes_stale_temp_files_and_legacy_manifests(store_uri, capsys):
+    import json
+
+    from cns_ray.cli import main
+
+    store = ConceptStore(StoreConfig(uri=store_uri))
+    store.commit("acme", make_state("acme"), parent=None)
+    d = os.path.join(store_uri, "tenants", "acme", "versions", "1")
+    stale, fresh = os.path.join(d, "." + "delta.parquet.tmp-" + "a" * 32), os.path.join(d, ".x.tmp-" + "b" * 32)
+    for p in (stale, fresh):
+        open(p, "wb").close()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    store.backend.put("tenants/acme/manifest.json", b"{}")  # a legacy leftover: head.json is authoritative
+    assert main(["store", "gc", "--store", store_uri, "--grace-hours", "1", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["temp_files"]) == 1 and rep["temp_files"][0].endswith("a" * 32) and len(rep["legacy_manifests"]) == 1
+    assert not os.path.exists(stale) and os.path.exists(fresh) and store.verify() == []
