@@ -74,6 +74,23 @@ def gpus_available() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def gpus_possible() -> float:
+    """GPUs the connected cluster has now, else the most its autoscaler may add: the node types it declared
+    (``cluster.yaml``'s ``available_node_types``, KubeRay worker groups) with their max counts. A cluster whose GPU
+    workers are scaled to 0 says 0 in ``cluster_resources()`` but can still run a GPU replica. 0 without Ray."""
+    now = gpus_available()
+    if now > 0:
+        return now
+    try:  # the autoscaler's cluster config in the GCS, as Ray Train reads it (no public API for it in Ray 2.x)
+        from ray._private.state import state
+
+        declared = state.get_max_resources_from_cluster_config() or {}
+    except Exception as e:  # noqa: BLE001 - an older Ray or no autoscaler: what is there now is all there is
+        log.debug("no autoscaler cluster config: %s", e)
+        return 0.0
+    return float(declared.get("GPU") or 0)
+
+
 def _loopback_only() -> None:
     """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import: when ray was imported before the environment
     was set, the constant still says "cluster" and Ray binds the machine's address. Seen on ray 2.60: setting the

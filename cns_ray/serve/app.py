@@ -17,14 +17,12 @@ ROUTE_PREFIX = "/"
 
 
 def _wants_gpu(cfg: ServingConfig) -> bool:
+    """``use_gpu`` as given, else whether the cluster has or may add GPUs (autoscaling GPU workers at 0 count)."""
     if cfg.use_gpu is not None:
         return cfg.use_gpu
-    try:
-        import ray
+    from cns_ray.jobs.ray_env import gpus_possible
 
-        return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
-    except Exception:  # noqa: BLE001 - no cluster info: CPU
-        return False
+    return gpus_possible() > 0
 
 
 def build_app(config: ServingConfig):

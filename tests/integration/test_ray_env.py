@@ -42,3 +42,36 @@ def test_init_ray_local_is_loopback_only(tmp_path):
     assert r["node"] == "127.0.0.1"
     loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
     assert set(r["listen"]) <= loopback, f"Ray listens beyond loopback: {r['listen']}"
+
+
+GPU_SCRIPT = r"""
+import json
+from cns_ray.jobs.ray_env import gpus_possible, init_ray
+init_ray("local", num_cpus=1)
+import ray
+from ray.core.generated import autoscaler_pb2
+from cns_ray.serve.app import _wants_gpu
+from cns_ray.serve.config import ServingConfig
+out = {"none": gpus_possible(), "auto_none": _wants_gpu(ServingConfig())}
+# What an autoscaler reports: a CPU head and a GPU worker type scaled to 0 now, up to 3 nodes.
+cfg = autoscaler_pb2.ClusterConfig()
+head = cfg.node_group_configs.add(); head.name = "head"; head.resources["CPU"] = 1; head.max_count = 1
+gpu = cfg.node_group_configs.add(); gpu.name = "gpu_worker"; gpu.resources["CPU"] = 4; gpu.resources["GPU"] = 1
+gpu.min_count = 0; gpu.max_count = 3
+from ray.experimental.internal_kv import _internal_kv_put
+_internal_kv_put(ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), cfg.SerializeToString(), overwrite=True,
+                 namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
+out.update(now=ray.cluster_resources().get("GPU", 0), declared=gpus_possible(), auto=_wants_gpu(ServingConfig()),
+           off=_wants_gpu(ServingConfig(use_gpu=False)))
+print("RESULT " + json.dumps(out))
+ray.shutdown()
+"""
+
+
+def test_serving_asks_for_gpus_when_the_autoscaler_can_add_them():
+    """use_gpu: null -> GPU replicas on a cluster whose GPU worker type is declared but scaled to 0."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", GPU_SCRIPT], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert out == {"none": 0.0, "auto_none": False, "now": 0, "declared": 3.0, "auto": True, "off": False}
