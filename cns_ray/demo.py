@@ -1,16 +1,18 @@
 """``cns demo``: the whole system on the embedded defaults, end to end, in one command.
 
-The concepts are held-out subjects of the toy world (cns_ray/world/concepts.py: shapes the base model never saw,
-each with its own two-colour pattern, 6 reference images in varied contexts), written as image folders with
-captions, the layout a user gives ``cns learn``.
+The concepts are instances of the toy world's known classes that the base model never saw as a whole
+(cns_ray/world/concepts.py: a class such as "circle" with its own look, e.g. striped red and yellow with a green dot;
+6 reference images in varied contexts), written as image folders with the captions a user would write
+(``a large <rex> circle at the left on a grey background``), the layout ``cns learn`` reads.
 
 1. calibrate: general neurons of the base over its calibration prompts (the toy-world model ships 20 world
    captions), sharded over Ray scorer actors (cached in the store);
 2. select: concept neurons of the first concept, printed per layer;
 3. learn: two concepts for each of two tenants, continually (each tenant's concepts in order, tenants in parallel)
    through the learning scheduler and Ray Train;
-4. before/after grids: each tenant's prompts generated at every version, written as PNG, beside the concepts'
-   reference images (``concepts.png``);
+4. before/after grids: each tenant's prompts generated at every version (the first row: the base drawing the
+   prompts without the concept tokens), written as PNG beside the concepts' reference images (``concepts.png``),
+   and each tenant's two-concept prompt at its final version (``{tenant}_two_concepts.png``, 4 seeds);
 5. serve: the Ray Serve endpoint on 127.0.0.1, each tenant's concepts and a two-concept prompt generated over HTTP
    with that tenant's API key; images written as PNG.
 """
@@ -30,7 +32,8 @@ from typing import Callable
 from cns_ray.config import LearnerConfig, SelectionConfig, StoreConfig
 
 # tenant -> its concepts, learned in this order (held-out toy-world concepts, cns_ray.world.concepts)
-DEMO_TENANTS: dict[str, tuple[str, ...]] = {"acme": ("heart", "star"), "bravo": ("arrow", "tee")}
+DEMO_TENANTS: dict[str, tuple[str, ...]] = {"acme": ("rex", "zed"), "bravo": ("mia", "ivo")}
+"""``acme`` learns two circles (the second must not overwrite the first), ``bravo`` a square and a triangle."""
 DEMO_GUIDANCE = 4.0
 """Classifier-free guidance of the demo's images (the toy-world model was evaluated at 4)."""
 
@@ -83,13 +86,18 @@ def _grid(rows: list[list[bytes]], path: Path) -> None:
 
 
 def _prompts(concepts: tuple[str, ...]) -> list[str]:
-    """Each concept alone (large, centred), then both side by side: the world's caption grammar."""
+    """Each concept alone (large, centred), then both side by side, as a user writes them."""
     from cns_ray.world import concepts as wc
 
-    single = [wc.concept_caption("large", f"<{c}>", "center", "grey") for c in concepts]
-    a, b = concepts[:2]
-    both = f"a small <{a}> {wc.CLASS_WORD} at the left and a small <{b}> {wc.CLASS_WORD} at the right on a grey background"
-    return [*single, both]
+    cs = [wc.get_concept(c) for c in concepts]
+    single = [wc.user_caption("large", c.token, c.shape, "center", "grey") for c in cs]
+    return [*single, wc.pair_prompt(cs[0], cs[1], "grey")]
+
+
+def _without_tokens(prompt: str, concepts: tuple[str, ...]) -> str:
+    from cns_ray.world import concepts as wc
+
+    return wc.class_prompt(prompt, [wc.get_concept(c).token for c in concepts])
 
 
 def write_concepts(cfg: DemoConfig, out: Path) -> dict[str, tuple[Path, str]]:
@@ -140,7 +148,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
     first = DEMO_TENANTS["acme"][0]
     folder, word = examples[first]
-    captions = (folder / "captions.txt").read_text().splitlines()
+    from cns_ray.learn.data import selection_caption
+
+    captions = [selection_caption(c) for c in (folder / "captions.txt").read_text().splitlines()]
     s = select_for_concept(base, store, captions, sel, num_actors=0)
     say(f"[2/5] concept neurons of '{first}' ({len(captions)} images in {folder}, class word '{word}'):")
     for name, m in s.concept.items():
@@ -219,17 +229,23 @@ def _grids(cfg: DemoConfig, base, store, out: Path, say) -> list[Path]:
             st = store.load(tenant, info.version, shapes=base.target_shapes(), base_id=base.base_id)
             states.append(ServedTenant.from_state(st, "cpu", base.unet.dtype))
         rows = []
-        for served in states:
+        for k, served in enumerate(states):
             row = []
             for p in prompts:
-                req = GenerationRequest(prompt=p, steps=cfg.gen_steps, seed=cfg.seed, height=base.resolution,
-                                        width=base.resolution, guidance_scale=DEMO_GUIDANCE)
+                req = GenerationRequest(prompt=p if k else _without_tokens(p, concepts), steps=cfg.gen_steps,
+                                        seed=cfg.seed, height=base.resolution, width=base.resolution,
+                                        guidance_scale=DEMO_GUIDANCE)
                 row += generate_images(base, weights, served, req)
             rows.append(row)
         path = out / f"{tenant}_before_after.png"
         _grid(rows, path)
-        say(f"      {path}  ({len(rows)} versions x {len(prompts)} prompts: {prompts})")
-        files.append(path)
+        say(f"      {path}  ({len(rows)} rows: base without the tokens, then each version; prompts: {prompts})")
+        req = GenerationRequest(prompt=prompts[-1], steps=cfg.gen_steps, seed=cfg.seed, height=base.resolution,
+                                width=base.resolution, guidance_scale=DEMO_GUIDANCE, n=4)
+        two = out / f"{tenant}_two_concepts.png"
+        _grid([generate_images(base, weights, states[-1], req)], two)
+        say(f"      {two}  ({prompts[-1]!r}, 4 seeds)")
+        files += [path, two]
     return files
 
 

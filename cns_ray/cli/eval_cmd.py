@@ -33,7 +33,13 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-gen", type=int, default=d.n_gen, help="images per prompt (default %(default)s)")
     p.add_argument("--gen-steps", type=int, default=d.gen_steps)
     p.add_argument("--prompts", type=int, default=d.prompts_per_concept, help="single-concept prompts per concept")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="generation and reference seed (default %(default)s)")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=list(d.train_seeds),
+                   help="learning seeds: each (method, sequence) is learned once per seed (default %(default)s)")
+    p.add_argument("--general-prompts", type=int, default=d.general_prompts,
+                   help="world captions scored before/after a tenant's sequence (default %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few minutes: one sequence's first 3 concepts, 3 methods, 1 seed, few steps (mechanics only)")
     p.add_argument("--out", default=d.out_dir)
     p.add_argument("--local", action="store_true", help="no Ray: run every (method, sequence) in this process")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a private local Ray)")
@@ -43,15 +49,17 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from cns_ray.eval.config import EvalConfig
+    from cns_ray.eval.config import EvalConfig, quick
 
-    return EvalConfig(
+    cfg = EvalConfig(
         base_model=args.base_model, metric_model=args.metric_model, sequences=tuple(args.sequences),
         concepts_per_sequence=args.concepts, methods=tuple(args.methods), steps=args.steps,
         token_lr=args.token_lr, weight_lr=args.weight_lr, naive_weight_lr=args.naive_weight_lr,
         reg_lambda=args.reg_lambda, select_ratio=args.select_ratio, n_gen=args.n_gen,
         gen_steps=args.gen_steps, prompts_per_concept=args.prompts, seed=args.seed, out_dir=args.out,
+        train_seeds=tuple(args.train_seeds), general_prompts=args.general_prompts,
     )
+    return quick(cfg) if args.quick else cfg
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

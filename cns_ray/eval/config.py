@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass
 
 from cns_ray.errors import ConfigError
 
-METHODS = ("cns", "naive", "random", "cns_noreg", "fusion")
+METHODS = ("cns", "naive", "random", "cns_noreg", "fusion", "token")
 """CNS; naive sequential fine-tune of all K/V weights; as many random neurons as CNS picks; CNS without L_reg;
-independent per-concept CNS deltas summed at the end (the fusion baseline)."""
+independent per-concept CNS deltas summed at the end (the fusion baseline); the token embedding alone
+(textual-inversion-style, no weights)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class EvalConfig:
     gen_steps: int = 20
     guidance: float = 4.0
     seed: int = 0
+    """Generation seed (images of a prompt use seeds seed..seed+n_gen-1) and the references' seed."""
+    train_seeds: tuple[int, ...] = (0, 1, 2)
+    """Learning seeds: every (method, sequence) is learned once per seed; the table gives mean +- sd over seeds."""
+    general_prompts: int = 8
+    """World captions (no concepts) whose alignment is measured before and after a tenant's whole sequence."""
     out_dir: str = "eval-out"
     """Where the table (table.md, results.json) and image grids (PNG) go."""
 
@@ -59,7 +65,9 @@ class EvalConfig:
             p.append(f"methods={self.methods} must be a non-empty subset of {METHODS}")
         if self.concepts_per_sequence is not None and self.concepts_per_sequence < 1:
             p.append(f"concepts_per_sequence={self.concepts_per_sequence} must be >= 1 or None")
-        for name in ("steps", "batch_size", "n_ref", "n_gen", "prompts_per_concept", "gen_steps"):
+        if not self.train_seeds or len(set(self.train_seeds)) != len(self.train_seeds):
+            p.append(f"train_seeds={self.train_seeds} must be distinct and non-empty")
+        for name in ("steps", "batch_size", "n_ref", "n_gen", "prompts_per_concept", "gen_steps", "general_prompts"):
             if getattr(self, name) < 1:
                 p.append(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("token_lr", "weight_lr", "naive_weight_lr"):
@@ -78,3 +86,13 @@ class EvalConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def quick(cfg: EvalConfig) -> EvalConfig:
+    """The ``--quick`` protocol (tests, a first look; a few minutes on 2 cores): one sequence's first 3 concepts,
+    CNS and two baselines, one seed, few steps and images. Its numbers show the mechanics, not the method."""
+    from dataclasses import replace
+
+    return replace(cfg, sequences=cfg.sequences[:1], concepts_per_sequence=3, methods=("cns", "cns_noreg", "fusion"),
+                   train_seeds=cfg.train_seeds[:1], steps=min(cfg.steps, 40), n_gen=2, prompts_per_concept=1,
+                   gen_steps=min(cfg.gen_steps, 8), general_prompts=2, n_ref=4)

@@ -1,7 +1,7 @@
 """How each compared method learns one concept, on top of a tenant's state in a (local) concept store.
 
 All methods use :class:`cns_ray.learn.CNSLearner`'s training loop; they differ in which weights are trainable and
-in ``reg_lambda``. The fusion baseline learns every concept from the base model (its own tenant) and sums the
+in ``reg_lambda`` (``token`` trains no weight at all: the token embedding alone). The fusion baseline learns every concept from the base model (its own tenant) and sums the
 deltas at the end (:meth:`SparseDelta.add`).
 """
 
@@ -22,13 +22,13 @@ from cns_ray.neurons import Masks
 log = logging.getLogger(__name__)
 
 
-def learner_config(cfg: EvalConfig, method: str) -> LearnerConfig:
-    reg = 0.0 if method in ("naive", "cns_noreg") else cfg.reg_lambda
+def learner_config(cfg: EvalConfig, method: str, seed: int | None = None) -> LearnerConfig:
+    reg = 0.0 if method in ("naive", "cns_noreg", "token") else cfg.reg_lambda
     return LearnerConfig(
         steps=cfg.steps, token_lr=cfg.token_lr,
         weight_lr=cfg.naive_weight_lr if method == "naive" else cfg.weight_lr, reg_lambda=reg, batch_size=cfg.batch_size,
         augment=False,  # a flip would swap 'left' and 'right' in the captions
-        seed=cfg.seed, selection=SelectionConfig(select_ratio=cfg.select_ratio),
+        seed=cfg.seed if seed is None else seed, selection=SelectionConfig(select_ratio=cfg.select_ratio),
     )
 
 
@@ -53,23 +53,33 @@ def tenant_for(method: str, sequence: str, concept: str) -> str:
     return f"{method}-{sequence}-{concept}" if method == "fusion" else f"{method}-{sequence}"
 
 
-def learn_one(base, store, cfg: EvalConfig, method: str, sequence: str, concept, folder: str, general: Masks) -> dict:
-    """Learn ``concept`` with ``method``; commit; returns {tenant, version, seconds, nnz_new}."""
-    if method not in ("cns", "naive", "random", "cns_noreg", "fusion"):
-        raise InputError(f"unknown method {method!r}")
-    lcfg = learner_config(cfg, method)
+def no_masks(base) -> Masks:
+    return {n: torch.zeros(tuple(t.shape), dtype=torch.bool) for n, t in base.targets().items()}
+
+
+def learn_one(base, store, cfg: EvalConfig, method: str, sequence: str, concept, folder: str, general: Masks,
+              seed: int | None = None) -> dict:
+    """Learn ``concept`` with ``method`` (learning seed ``seed``, default ``cfg.seed``); commit; returns
+    {tenant, version, seconds, nnz_new, final_loss}."""
+    from cns_ray.eval.config import METHODS
+
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}: one of {METHODS}")
+    lcfg = learner_config(cfg, method, seed)
     tenant = tenant_for(method, sequence, concept.name)
     req = ConceptRequest(tenant=tenant, concept=concept.name, class_word=concept.class_word, images=folder,
                          token=concept.token)
     masks = None
     if method == "naive":
         masks = all_masks(base)
+    elif method == "token":
+        masks = no_masks(base)
     elif method == "random":
         from cns_ray.learn.data import load_concept
 
         data = load_concept(folder, concept.class_word, concept.token, base.resolution, None, False)
         cns_sel = select.select_concept(base, data.captions, general, lcfg.selection)
-        masks = random_masks(cns_sel.concept, seed=cfg.seed * 7919 + sum(map(ord, concept.name)))
+        masks = random_masks(cns_sel.concept, seed=lcfg.seed * 7919 + sum(map(ord, concept.name)))
     learner = CNSLearner(base, store, req, lcfg, general, masks=masks)
     while learner.step_index < learner.total_steps:
         learner.step()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import cns_ray.models.patch_vae  # noqa: F401  (diffusers folders saved with the patch autoencoder name its module)
@@ -13,33 +14,46 @@ from cns_ray.eval.config import EvalConfig
 log = logging.getLogger(__name__)
 
 
-def _unit(cfg, method: str, sequence: str) -> dict:
+def _load(cfg):
     import torch
 
-    from cns_ray.eval.harness import run_sequence
-    from cns_ray.eval.metric_model import load_metric_model
+    from cns_ray.eval.scoring import load_scorer
     from cns_ray.models import load_base_model
 
     torch.set_num_threads(1)
-    return run_sequence(load_base_model(cfg.base_model), load_metric_model(cfg.metric_model), cfg, method, sequence)
+    base = load_base_model(cfg.base_model)
+    return base, load_scorer(cfg.metric_model, cfg.n_ref, cfg.seed, base.resolution)
+
+
+def _unit(cfg, work: tuple) -> dict:
+    """One unit of work: ``("references",)`` or ``(method, sequence, seed)``."""
+    from cns_ray.eval.harness import run_references, run_unit
+
+    base, scorer = _load(cfg)
+    return run_references(base, scorer, cfg) if work[0] == "references" else run_unit(base, scorer, cfg, *work)
+
+
+def units_of(cfg: EvalConfig) -> list[tuple]:
+    """The references unit, then every (method, sequence, learning seed)."""
+    return [("references",)] + [(m, s, seed) for seed in cfg.train_seeds for s in cfg.sequences for m in cfg.methods]
 
 
 def run_eval(cfg: EvalConfig, *, local: bool = False, address: str | None = None, cpus_per_task: float = 0.5, say=log.info) -> dict:
-    """Every (method, sequence) of ``cfg``; returns write_outputs' summary (table, markdown, grids)."""
-    from cns_ray.eval.harness import write_outputs
+    """Every unit of ``cfg``; returns write_outputs' summary (table, markdown, grids)."""
+    from cns_ray.eval.report import write_outputs
 
-    units = [(m, s) for s in cfg.sequences for m in cfg.methods]
-    say(f"evaluating {len(units)} (method, sequence) runs: {cfg.methods} x {cfg.sequences}, {cfg.steps} steps/concept")
+    units = units_of(cfg)
+    say(f"evaluating {len(units) - 1} (method, sequence, seed) runs + references: {cfg.methods} x {cfg.sequences} x "
+        f"seeds {cfg.train_seeds}, {cfg.steps} steps/concept")
+    t0 = time.monotonic()
     if local:
-        from cns_ray.eval.harness import run_sequence
-        from cns_ray.eval.metric_model import load_metric_model
-        from cns_ray.models import load_base_model
+        from cns_ray.eval.harness import run_references, run_unit
 
-        base, metric = load_base_model(cfg.base_model), load_metric_model(cfg.metric_model)
+        base, scorer = _load(cfg)
         results = []
-        for m, s in units:
-            results.append(run_sequence(base, metric, cfg, m, s))
-            say(f"  done {m}/{s}")
+        for w in units:
+            results.append(run_references(base, scorer, cfg) if w[0] == "references" else run_unit(base, scorer, cfg, *w))
+            say(f"  done {'/'.join(map(str, w))} ({len(results)}/{len(units)}, {time.monotonic() - t0:.0f}s)")
     else:
         import ray
 
@@ -47,15 +61,16 @@ def run_eval(cfg: EvalConfig, *, local: bool = False, address: str | None = None
 
         init_ray(address)
         task = ray.remote(num_cpus=cpus_per_task)(_unit)
-        refs = {task.remote(cfg, m, s): (m, s) for m, s in units}
+        refs = {task.remote(cfg, w): w for w in units}
         results, pending = [], list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             results.append(ray.get(done[0]))
-            say(f"  done {'/'.join(refs[done[0]])} ({len(results)}/{len(units)})")
-        order = {u: i for i, u in enumerate(units)}
-        results.sort(key=lambda r: order[(r["method"], r["sequence"])])
-    return write_outputs(results, cfg)
+            say(f"  done {'/'.join(map(str, refs[done[0]]))} ({len(results)}/{len(units)}, {time.monotonic() - t0:.0f}s)")
+    references = next(r for r in results if r["kind"] == "references")
+    order = {w: i for i, w in enumerate(units)}
+    runs = sorted((r for r in results if r["kind"] == "unit"), key=lambda r: order[(r["method"], r["sequence"], r["seed"])])
+    return write_outputs(references, runs, cfg, {"wall_seconds": time.monotonic() - t0})
 
 
 def run_base_only(cfg: EvalConfig, n: int, say=log.info) -> dict:

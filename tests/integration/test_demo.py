@@ -25,15 +25,20 @@ def test_demo_learns_two_tenants_in_order_and_serves_over_http(ray_local, tmp_pa
         assert store.load(tenant).tokens.keys() == {f"<{c}>" for c in concepts}
         assert [c.name for c in store.load(tenant).concepts] == list(concepts)
     files = summary["files"]
-    assert len(files) == 1 + 2 + 2 * 3  # the concepts sheet, two grids, three HTTP generations per tenant
-    for c in (c for cs in DEMO_TENANTS.values() for c in cs):  # the learned folders are the world's held-out concepts
+    # the concepts sheet; per tenant a before/after grid, a two-concept image and three HTTP generations
+    assert len(files) == 1 + 2 * 2 + 2 * 3
+    from cns_ray.world import concepts as wc
+
+    for c in (c for cs in DEMO_TENANTS.values() for c in cs):  # the learned folders are the world's held-out instances
         captions = (tmp_path / "concepts" / c / "captions.txt").read_text().splitlines()
-        assert len(captions) == 6 and all(f"<{c}> shape" in line for line in captions)
+        word = wc.get_concept(c).class_word
+        assert len(captions) == 6 and all(line.count(f"<{c}>") == 1 and f"<{c}> {word}" in line for line in captions)
     for f in files:
         with Image.open(f) as im:
             assert im.format == "PNG"
     grid = Image.open(tmp_path / "acme_before_after.png")
     assert grid.size == (3 * 128, 3 * 128)  # 3 versions x 3 prompts, 32 px tiles shown at 4x
+    assert Image.open(tmp_path / "acme_two_concepts.png").size == (4 * 128, 128)  # 4 seeds
     assert Image.open(tmp_path / "concepts.png").size == (6 * 34 * 4, 4 * 34 * 4)  # 6 refs x 4 concepts, 32+2 px at 4x
     text = "\n".join(lines)
     assert "general neurons" in text and "concept neurons" in text and "from cache" not in text

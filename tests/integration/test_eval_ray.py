@@ -1,4 +1,5 @@
-"""`cns eval` on Ray: (method, sequence) units run as parallel Ray tasks and come back as one table."""
+"""`cns eval` on Ray: the references unit and every (method, sequence, seed) unit run as parallel Ray tasks and come
+back as one table with floors, ceilings, mean +- sd over seeds and a forgetting curve."""
 
 import json
 import math
@@ -11,13 +12,22 @@ from cns_ray.eval.run import run_eval
 pytestmark = pytest.mark.slow
 
 
-def test_sequences_run_in_parallel_on_ray(ray_local, tmp_path):
+def test_units_run_on_ray_and_come_back_as_one_table(ray_local, tmp_path):
     cfg = EvalConfig(sequences=("seq1", "seq2"), concepts_per_sequence=2, methods=("cns", "fusion"), steps=2, n_ref=4,
-                     n_gen=1, prompts_per_concept=1, gen_steps=2, out_dir=str(tmp_path / "eval"))
+                     n_gen=1, prompts_per_concept=1, gen_steps=2, train_seeds=(0, 1), general_prompts=1,
+                     out_dir=str(tmp_path / "eval"))
     summary = run_eval(cfg, local=False, cpus_per_task=0.5)
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert {(r["method"], r["sequence"]) for r in res["runs"]} == {(m, s) for m in cfg.methods for s in cfg.sequences}
+    units = [r for r in res["runs"] if r["kind"] == "unit"]
+    assert {(r["method"], r["sequence"], r["seed"]) for r in units} == \
+        {(m, s, seed) for m in cfg.methods for s in cfg.sequences for seed in cfg.train_seeds}
+    refs = next(r for r in res["runs"] if r["kind"] == "references")
+    assert set(refs["concepts"]) == {"rex", "mia", "bo", "lu"} and set(refs["pairs"]) == {"rex+mia", "bo+lu"}
     assert list(summary["table"]) == ["cns", "fusion"]
-    assert all(math.isfinite(v) for row in summary["table"].values() for v in row.values())
-    seq2 = next(r for r in res["runs"] if r["method"] == "cns" and r["sequence"] == "seq2")
-    assert seq2["concepts"] == ["arrow", "crescent"]
+    row = summary["table"]["cns"]
+    assert row["seeds"][0] == 2 and all(math.isfinite(v) for v in row["after"] + row["end"])
+    assert math.isfinite(row["forgetting"][0])  # 2 concepts per sequence: the first is measured after the second
+    seq2 = next(r for r in units if r["method"] == "cns" and r["sequence"] == "seq2")
+    assert seq2["concepts"] == ["bo", "lu"] and len(seq2["first_curve"]) == 2
+    assert (tmp_path / "eval" / "curve.png").stat().st_size > 1000
+    assert "floor: base, class word" in summary["markdown"] and "±" in summary["markdown"]

@@ -24,7 +24,7 @@ def test_random_masks_keep_the_per_layer_count():
     assert all(torch.equal(r[n], random_masks(like, seed=1)[n]) for n in like)
 
 
-@pytest.mark.parametrize("method", ["naive", "random", "cns"])
+@pytest.mark.parametrize("method", ["naive", "random", "cns", "token"])
 def test_methods_train_their_entries_and_fusion_sums(base, tmp_path, method):
     from cns_ray.config import SelectionConfig
     from cns_ray.eval.harness import calibration_prompts
@@ -34,7 +34,7 @@ def test_methods_train_their_entries_and_fusion_sums(base, tmp_path, method):
     store = ConceptStore(StoreConfig(uri=str(tmp_path / "store")))
     general = general_masks_local(base, calibration_prompts(), SelectionConfig(select_ratio=cfg.select_ratio))
     states = []
-    for name in ("heart", "star"):
+    for name in ("rex", "mia"):
         c = wc.get_concept(name)
         folder = wc.write_reference_folder(c, tmp_path / name, n=4)
         info = learn_one(base, store, cfg, "fusion" if method == "cns" else method, "seq1", c, str(folder), general)
@@ -42,11 +42,13 @@ def test_methods_train_their_entries_and_fusion_sums(base, tmp_path, method):
         total = sum(t.shape[0] * t.shape[1] for t in base.targets().values())
         if method == "naive":
             assert info["nnz_new"] == total
+        elif method == "token":  # textual-inversion-style: no weight changes, only the token
+            assert info["nnz_new"] == 0 and states[-1].delta.nnz == 0 and set(states[-1].tokens) >= {c.token}
         else:
             assert 0 < info["nnz_new"] < total
     if method == "cns":  # learned independently (fusion tenants): the sum holds both tokens and both deltas
         delta, tokens = fused(states)
-        assert set(tokens) == {"<heart>", "<star>"}
+        assert set(tokens) == {"<rex>", "<mia>"}
         assert delta.nnz >= max(s.delta.nnz for s in states)
 
 
@@ -56,8 +58,9 @@ def test_each_method_gets_its_learning_rate_and_reg():
 
     cfg = EvalConfig(weight_lr=2e-2, naive_weight_lr=2e-3, reg_lambda=0.5)
     got = {m: (learner_config(cfg, m).weight_lr, learner_config(cfg, m).reg_lambda)
-           for m in ("cns", "naive", "random", "cns_noreg", "fusion")}
+           for m in ("cns", "naive", "random", "cns_noreg", "fusion", "token")}
     assert got == {"cns": (2e-2, 0.5), "naive": (2e-3, 0.0), "random": (2e-2, 0.5), "cns_noreg": (2e-2, 0.0),
-                   "fusion": (2e-2, 0.5)}
+                   "fusion": (2e-2, 0.5), "token": (2e-2, 0.0)}
+    assert learner_config(cfg, "cns", seed=7).seed == 7 and learner_config(cfg, "cns").seed == cfg.seed
     with pytest.raises(ConfigError, match="naive_weight_lr=-1"):
         EvalConfig(naive_weight_lr=-1)
