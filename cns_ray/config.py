@@ -23,7 +23,7 @@ def _raise(name: str, problems: list[str]) -> None:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """How concept neurons are selected (DESIGN.md, The method)."""
+    """How concept neurons are selected (docs/design.md, The method)."""
 
     select_ratio: float = 0.1
     """Fraction of each output row's input weights kept per caption/prompt (top by |W| * ||c||)."""
@@ -50,7 +50,7 @@ BASE_DEFAULT_FIELDS = ("steps", "token_lr", "weight_lr", "resolution")
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """One CNS learning run (DESIGN.md, learning one concept)."""
+    """One CNS learning run (docs/design.md, The method: learning concept m)."""
 
     steps: int | None = 300
     """Optimisation steps. None = the base model's default (its ``cns_defaults.json``: :meth:`with_base_defaults`),

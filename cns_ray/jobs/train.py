@@ -4,7 +4,7 @@ Workers load the base model and the store, build a :class:`CNSLearner`, resume f
 (``ray.train.get_checkpoint()``), step (gradients all-reduced when there are several workers), and report a
 checkpoint every ``cfg.checkpoint_every`` steps under ``<store>/checkpoints/<tenant>/<run_name>``. The last report
 carries the learner's result (the new cumulative :class:`TenantState`). Only after ``fit()`` succeeds does the
-driver commit it, with the parent it resolved up front: exactly one version, only on success (DESIGN.md
+driver commit it, with the parent it resolved up front: exactly one version, only on success (docs/design.md
 invariant 6). A killed worker is restarted by Ray Train (``FailureConfig(max_failures)``) and resumes.
 
 Deterministic input errors (:class:`CNSError` raised while setting up or stepping) are not retried: the worker
@@ -320,7 +320,7 @@ def _train_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from cns_ray.jobs.inputs import materialize_images
+    from cns_ray.jobs.inputs import INPUTS_KEY, materialize_images, recorded_inputs
     from cns_ray.device import train_worker_device
     from cns_ray.learn import CNSLearner, ConceptRequest
     from cns_ray.models import load_base_model
@@ -360,7 +360,8 @@ def _train_loop(config: dict) -> None:
         for rec in state.concepts:
             if rec.name == request.concept:
                 rec.stats = {**(rec.stats or {}), "resumed_from_steps": resumes, "train_workers": world,
-                             "train_device": str(learner.device), "process_group": _backend_name()}
+                             "train_device": str(learner.device), "process_group": _backend_name(),
+                             INPUTS_KEY: recorded_inputs(request, cfg)}  # what `cns concepts purge` replays
         files = {RESULT_FILE: _torch_save(state), META_FILE: _write_json({"step": total, "resumes": resumes})}
         _report({"step": total, "total": total, "loss": loss, "final": True}, files if rank == 0 else {})
     except CNSError as e:
