@@ -70,3 +70,18 @@ def workers_have_cuda(resources: dict[str, float]) -> bool:
         num_cpus=0, num_gpus=resources.get("GPU", 0), resources={k: v for k, v in resources.items() if k not in ("CPU", "GPU")}
     )
     return bool(ray.get(probe.remote()))
+
+
+def _ray_gpu_ids() -> list:
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        return []
+
+
+def process_device(what: str = "this process") -> torch.device:
+    """For a Ray actor or replica (or a plain process): a GPU when Ray assigned it one (``num_gpus``) or CUDA is
+    there; Ray hides the GPUs of a node from a process that asked for none (``CUDA_VISIBLE_DEVICES=""``)."""
+    return choose_device(bool(_ray_gpu_ids()) or cuda_available(), what=what)

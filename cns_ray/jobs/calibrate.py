@@ -60,7 +60,9 @@ class Scorer:
         from cns_ray.models import load_base_model
 
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            from cns_ray.device import process_device
+
+            device = str(process_device("this scorer actor"))
         base = load_base_model(base_spec, device=device)
         self.base_id = base.base_id
         self.device = device

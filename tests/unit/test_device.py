@@ -45,3 +45,14 @@ def test_train_worker_device_is_ray_trains_get_device(monkeypatch):
     monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cuda", 5))
     assert train_worker_device(True) == torch.device("cuda", 5)
     assert train_worker_device(False) == torch.device("cpu")
+
+
+def test_process_device_on_a_cpu_machine_is_quiet(caplog):
+    """No GPU assigned and no CUDA: the CPU, without the 'was given a GPU' warning (scorer actors, replicas)."""
+    from cns_ray.device import cuda_available, process_device
+
+    if cuda_available():
+        pytest.skip("a CUDA machine")
+    with caplog.at_level(logging.WARNING, logger="cns_ray.device"):
+        assert process_device("scorer") == torch.device("cpu")
+    assert caplog.records == []
