@@ -56,7 +56,9 @@ class GeneratorCore:
         self.config = config
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        cuda = torch.cuda.is_available()
+        from cns_ray.device import process_device
+
+        cuda = process_device("this generator replica").type == "cuda"
         self.base = base or load_base_model(
             config.base_model, device="cuda" if cuda else "cpu", dtype=torch.float16 if cuda else torch.float32
         )
