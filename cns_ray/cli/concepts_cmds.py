@@ -1,4 +1,4 @@
-"""``cns concepts list|show|history|rollback|delete|export --tenant T`` and ``cns store verify|tenants``."""
+"""``cns concepts list|show|history|rollback|delete|purge|export --tenant T`` and ``cns store verify|gc|tenants``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def register(sub) -> None:
         "target", type=int, metavar="VERSION", help="version to make the head")
     verb("delete", "a new version without this concept (its token and its own delta entries removed)", _delete).add_argument(
         "name", help="concept name")
+    p = verb("purge", "erase a concept: rebuild the state without it (replaying later concepts' learning from their "
+             "stored inputs, as a Ray task), then remove every version that held it", _purge)
+    p.add_argument("name", help="concept name")
+    p.set_defaults(exit_hard=False)  # starts Ray: leave through Ray's own shutdown
+    add_common(p, store=False)
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     verb("export", "copy one version (files + manifest excerpt) to a folder or s3://", _export, version=True).add_argument(
         "dest", help="destination folder or s3://bucket/prefix")
 
@@ -142,6 +148,17 @@ def _rollback(args) -> int:
 def _delete(args) -> int:
     v = _store(args).delete_concept(args.tenant, args.name)
     print(f"tenant {args.tenant}: deleted concept {args.name}; new head version {v}")
+    return 0
+
+
+def _purge(args) -> int:
+    from cns_ray.jobs.purge import purge_concept
+    from cns_ray.jobs.ray_env import init_ray
+
+    init_ray(args.address)
+    out = purge_concept(args.store, args.base_model, args.tenant, args.name)
+    print(f"tenant {args.tenant}: purged concept {args.name}; new head version {out['version']} (replayed "
+          f"{out['replayed'] or 'nothing'}); removed versions {out['removed']}")
     return 0
 
 

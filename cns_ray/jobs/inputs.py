@@ -89,3 +89,14 @@ def _local(path: str, given: str) -> LocalImages:
             "png/jpg/webp images, an s3://bucket/prefix folder, or store:REL for a folder under the store"
         )
     return LocalImages(os.path.abspath(path), temporary=False)
+
+
+INPUTS_KEY = "inputs"
+"""Key of a concept record's ``stats`` holding what it was learned from (what ``cns concepts purge`` replays)."""
+
+
+def recorded_inputs(request, cfg) -> dict:
+    """What a learning run of ``request`` (a ConceptRequest, its ``images`` as given: a local folder, s3://, or
+    store:REL) with ``cfg`` (a LearnerConfig, resolved) needs to be replayed: stored in the concept's stats."""
+    return {"images": request.images, "class_word": request.class_word, "token": request.token,
+            "captions": request.captions, "learner": cfg.to_dict()}
