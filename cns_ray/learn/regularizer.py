@@ -7,6 +7,12 @@ For concept ``m``, on its selected entries of each target layer::
     L_reg  = mean over all selected entries of (W - target)^2
 
 All tensors are flat vectors over a layer's selected entries, ``[nnz]``.
+
+What this amounts to: learning concept ``m`` starts from ``W^(m-1)``, and ``W^(m-1) = W^(0)`` on every entry no
+earlier concept selected (the tenant's delta lives only on earlier concepts' neurons). So both targets are the
+entry's value at the start of this concept's learning, and ``L_reg`` is an L2 pull of the selected entries towards
+their starting values (a trust region around ``W^(m-1)``); the two named targets only differ if a state is edited
+between concepts (e.g. a concept deleted, which resets its neurons to ``W^(0)``).
 """
 
 from __future__ import annotations
