@@ -12,8 +12,20 @@ from pathlib import Path
 from cns_ray.cli import add_common
 
 
+SERVE_EPILOG = """API keys and the admin key:
+  tenant keys   `cns keys add --keys-file keys.json --tenant T` prints a key once and stores only its sha256; pass
+                --keys-file (re-read when it changes: a removed key stops working at once), or set
+                CNS_API_KEYS='key1:tenantA,key2:tenantB' in the environment.
+  admin key     acts on any tenant named in the X-CNS-Tenant header. Set it with CNS_ADMIN_KEY=<key> in the
+                environment, or --admin-key-sha256 $(cns keys hash <key>) (only the hash is kept). With no keys
+                configured at all, `cns serve` makes an admin key for this run and prints it.
+Stopping: Ctrl-C or SIGTERM drains in-flight requests, then stops Serve (and the local Ray it started).
+"""
+
+
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="start the serving endpoint (Ray Serve; binds 127.0.0.1 unless --host)")
+    p = sub.add_parser("serve", help="start the serving endpoint (Ray Serve; binds 127.0.0.1 unless --host)",
+                       epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default %(default)s; 0.0.0.0 to expose)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default %(default)s)")
@@ -27,6 +39,16 @@ def register(sub) -> None:
                    help="swap: one request at a time, delta swapped into the weights; mixed: requests of any tenants "
                         "batched, deltas added per sample, weights never written (default %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=8, help="mixed: most requests per pipeline call (default %(default)s)")
+    p.add_argument("--admin-key-sha256", default=None, help="sha256 of the admin key (`cns keys hash KEY`); or set CNS_ADMIN_KEY")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch threads per generator replica (default %(default)s; `cns generate` in-process uses the same "
+                        "default, so both give the same bytes)")
+    p.add_argument("--max-size", type=int, default=None, help="largest image side (default: 2x the base model's native side)")
+    p.add_argument("--max-request-cost", type=int, default=None,
+                   help="most n*steps*height*width per request (default: max_n * 2 * default_steps * native**2)")
+    p.add_argument("--max-in-flight-per-tenant", type=int, default=4, help="requests one tenant may have in flight (default %(default)s)")
+    p.add_argument("--safety-checker", action="store_true",
+                   help="run the base folder's safety checker on every image (off by default; see README)")
     p.set_defaults(func=cmd_serve)
 
     g = sub.add_parser("generate", help="generate images with a tenant's concepts (over HTTP with --url, else in-process)")
@@ -44,6 +66,8 @@ def register(sub) -> None:
         help="guidance scale (default: the base model's cns_defaults.json, e.g. 4 for tiny; else 7.5; over HTTP: the server's)",
     )
     g.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
+    g.add_argument("--torch-threads", type=int, default=1,
+                   help="in-process: torch threads (default %(default)s, as `cns serve`: the same request gives the same bytes)")
     g.set_defaults(func=cmd_generate)
 
     k = sub.add_parser("keys", help="API keys: add one to a keys file, or hash one")
@@ -72,16 +96,37 @@ def cmd_keys_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on (host, port). Serve binds with SO_REUSEPORT, so a second endpoint on a used port
+    would silently share it: check with a plain bind (SO_REUSEADDR only, which a TIME_WAIT socket does not block)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
     import ray
     from ray import serve
 
-    from cns_ray.serve.app import build_app
+    from cns_ray.errors import ConfigError
+    from cns_ray.serve.app import APP_NAME, build_app
     from cns_ray.serve.auth import hash_key, new_key
     from cns_ray.serve.config import ServingConfig
 
-    admin_hash, admin_key = None, None
-    if not (args.keys_file or os.environ.get("CNS_API_KEYS") or os.environ.get("CNS_ADMIN_KEY")):
+    if not port_free(args.host, args.port):
+        raise ConfigError(f"port {args.port} on {args.host} is already in use (another `cns serve`?): stop it, or pick "
+                          "another with --port")
+    admin_hash, admin_key = args.admin_key_sha256, None
+    if not (args.keys_file or admin_hash or os.environ.get("CNS_API_KEYS") or os.environ.get("CNS_ADMIN_KEY")):
         admin_key = new_key("cns-admin")
         admin_hash = hash_key(admin_key)
     store = args.store if args.store.startswith("s3://") else str(Path(args.store).resolve())
@@ -99,31 +144,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_tenants_per_replica=args.max_tenants,
         batch_mode=args.batch_mode,
         max_batch_size=args.max_batch_size,
+        torch_threads=args.torch_threads,
+        max_size=args.max_size,
+        max_request_cost=args.max_request_cost,
+        max_in_flight_per_tenant=args.max_in_flight_per_tenant,
+        safety_checker=args.safety_checker,
     )
     from cns_ray.jobs.ray_env import init_ray
 
+    def _stop(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _stop)  # SIGTERM drains like Ctrl-C (the default would leave Ray processes behind)
     # A new local Ray binds 127.0.0.1 only; --address attaches to a cluster (RAY_ADDRESS under `ray job submit`).
-    init_ray(args.address or "local")
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(cfg), name="cns", route_prefix="/", blocking=False)
-    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', 'localhost') else args.host}:{args.port}"
-    print(f"cns endpoint ready at {url}  (store {cfg.store}, base {cfg.base_model})")
-    if admin_key:
-        print(
-            "no API keys configured: an admin key for this run (any tenant via header X-CNS-Tenant):\n"
-            f"  {admin_key}\n"
-            f"  cns generate --url {url} --api-key {admin_key} --tenant demo \"a photo of a dog\" -o out.png\n"
-            "For tenant keys: `cns keys add --keys-file keys.json --tenant T`, then `cns serve --keys-file keys.json`."
-        )
-    print("Ctrl-C to stop.")
+    attached = bool(args.address)
     try:
+        init_ray(args.address or "local")
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+        url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', 'localhost') else args.host}:{args.port}"
+        print(f"cns endpoint ready at {url}  (store {cfg.store}, base {cfg.base_model})", flush=True)
+        if admin_key:
+            print(
+                "no API keys configured: an admin key for this run (any tenant via header X-CNS-Tenant):\n"
+                f"  {admin_key}\n"
+                f"  cns generate --url {url} --api-key {admin_key} --tenant demo \"a photo of a dog\" -o out.png\n"
+                "For tenant keys: `cns keys add --keys-file keys.json --tenant T`, then `cns serve --keys-file keys.json`.\n"
+                "For a fixed admin key: CNS_ADMIN_KEY=<key> cns serve (see cns serve --help).",
+                flush=True,
+            )
+        print("Ctrl-C or SIGTERM to stop.", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("stopping: draining in-flight requests", file=sys.stderr, flush=True)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one drain at a time
+        try:
+            if ray.is_initialized():
+                if attached:
+                    serve.delete(APP_NAME)  # leave the cluster's other Serve apps alone
+                else:
+                    serve.shutdown()
+        finally:
+            ray.shutdown()
     return 0
 
 
@@ -175,28 +239,20 @@ def _generate_local(args: argparse.Namespace):
     """Same code path as a replica: load base + the tenant's head, swap, generate, restore."""
     import asyncio
 
-    from cns_ray.errors import InputError
+    from cns_ray.models.defaults import base_defaults
     from cns_ray.serve.config import ServingConfig
     from cns_ray.serve.generator import GeneratorCore
-    from cns_ray.serve.ingress import ApiError, ImageRequest, build_generation
-
-    from cns_ray.models.defaults import base_defaults
+    from cns_ray.serve.limits import ImageRequest, Limits, build_generation
 
     cfg = ServingConfig(store=args.store, base_model=args.base_model, max_steps=max(100, args.steps), max_n=max(4, args.n),
-                        default_guidance=base_defaults(args.base_model).guidance_scale)
+                        default_guidance=base_defaults(args.base_model).guidance_scale, torch_threads=args.torch_threads)
     core = GeneratorCore(cfg)
-    try:
-        req = build_generation(
-            ImageRequest(prompt=args.prompt, n=args.n, size=args.size, seed=args.seed, steps=args.steps, guidance_scale=args.guidance),
-            cfg,
-            core.base.resolution,
-        )
-    except ApiError as e:
-        raise InputError(e.message) from e
-    from cns_ray.serve.swap import GenerationRequest
-
-    reply = asyncio.run(core.generate(core.new_slot(args.tenant), GenerationRequest(**req)))
-    if not reply["ok"]:
-        print(f"error: {reply['error']['message']}", file=sys.stderr)
+    # The operator's limits do not bind a local run: only the shape checks (sizes, n >= 1, steps >= 1) apply.
+    limits = Limits.for_base(cfg, core.base.resolution)
+    limits = Limits(**{**limits.__dict__, "max_side": 1 << 16, "max_cost": 1 << 62})
+    body = ImageRequest(prompt=args.prompt, n=args.n, size=args.size, seed=args.seed, steps=args.steps, guidance_scale=args.guidance)
+    reply = asyncio.run(core.generate(core.new_slot(args.tenant), build_generation(body, limits)))
+    if not reply.ok:
+        print(f"error: {reply.message}", file=sys.stderr)
         sys.exit(2)
-    return reply["images"], reply["seed"], reply["version"]
+    return reply.images, reply.seed, reply.version

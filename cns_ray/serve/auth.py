@@ -2,7 +2,9 @@
 
 Sources, merged: a keys file ``{sha256(key): tenant}``, ``ServingConfig.api_keys`` (same form), and in the
 environment ``CNS_API_KEYS="key1:tenantA,key2:tenantB"`` (hashed on read) plus ``CNS_ADMIN_KEY``. The admin key
-acts on any tenant named in the ``X-CNS-Tenant`` header.
+acts on any tenant named in the ``X-CNS-Tenant`` header. The keys file is re-read when it changes (its mtime, size
+or inode; checked on every request, a ``stat``): a key removed from it stops working without a restart. A keys
+file that no longer parses keeps the previous keys and logs an error.
 """
 
 from __future__ import annotations
@@ -15,20 +17,14 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cns_ray.errors import CNSError, ConfigError
+from cns_ray.errors import AuthError, ConfigError
 from cns_ray.store.names import validate_name
 
 log = logging.getLogger(__name__)
 
 TENANT_HEADER = "X-CNS-Tenant"
 
-
-class AuthError(CNSError):
-    """No key, an unknown key, or a key that may not act on the tenant asked for."""
-
-    def __init__(self, message: str, status: int = 401):
-        super().__init__(message)
-        self.status = status
+__all__ = ["AuthError", "KeyRing", "Principal", "TENANT_HEADER", "add_key_to_file", "hash_key", "new_key", "parse_env_keys", "read_keys_file"]
 
 
 def hash_key(key: str) -> str:
@@ -98,15 +94,44 @@ class Principal:
 class KeyRing:
     """Digest -> tenant lookup plus the admin digest."""
 
-    def __init__(self, tenants_by_hash: dict[str, str], admin_hash: str | None = None):
-        self._by_hash = dict(tenants_by_hash)
+    def __init__(self, tenants_by_hash: dict[str, str], admin_hash: str | None = None, keys_file: str | None = None):
+        self._static = dict(tenants_by_hash)  # config and environment keys
         self._admin = admin_hash
+        self._file = Path(keys_file) if keys_file else None
+        self._file_sig: tuple | None = None
+        self._from_file: dict[str, str] = {}
+        self._by_hash = dict(self._static)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Re-read the keys file if it changed since the last read."""
+        if self._file is None:
+            return
+        try:
+            st = self._file.stat()
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            sig = None
+        if sig == self._file_sig:
+            return
+        try:
+            keys = read_keys_file(self._file) if sig is not None else {}
+        except ConfigError as e:
+            if self._file_sig is None:
+                raise
+            log.error("keys file changed but cannot be read, keeping the previous keys: %s", e)
+            return
+        if sig is None and self._file_sig is not None:
+            log.warning("keys file %s is gone: its keys no longer work", self._file)
+        self._file_sig = sig
+        self._from_file = keys
+        self._by_hash = {**keys, **self._static}
 
     @classmethod
     def from_config(cls, keys_file: str | None, api_keys: dict[str, str], admin_key_sha256: str | None, read_env: bool = True) -> "KeyRing":
         by_hash: dict[str, str] = {}
         if keys_file:
-            by_hash.update(read_keys_file(keys_file))
+            read_keys_file(keys_file)  # a bad keys file stops the start with a clear error
         by_hash.update({h.lower(): validate_name(t, "tenant") for h, t in api_keys.items()})
         admin = admin_key_sha256.lower() if admin_key_sha256 else None
         if read_env:
@@ -114,12 +139,13 @@ class KeyRing:
                 by_hash.update(parse_env_keys(os.environ["CNS_API_KEYS"]))
             if os.environ.get("CNS_ADMIN_KEY"):
                 admin = hash_key(os.environ["CNS_ADMIN_KEY"])
-        if not by_hash and not admin:
+        if not by_hash and not admin and not keys_file:
             log.warning("no API keys configured: every request will get 401 (set CNS_API_KEYS or a keys file)")
-        return cls(by_hash, admin)
+        return cls(by_hash, admin, keys_file)
 
     @property
     def n_keys(self) -> int:
+        self._refresh()
         return len(self._by_hash) + (1 if self._admin else 0)
 
     def authenticate(self, authorization: str | None, api_key: str | None, tenant_header: str | None) -> Principal:
@@ -135,6 +161,7 @@ class KeyRing:
         if not key:
             raise AuthError("missing API key: send 'Authorization: Bearer <api key>'")
         digest = hash_key(key)
+        self._refresh()
         if self._admin is not None and secrets.compare_digest(digest, self._admin):
             if not tenant_header:
                 raise AuthError(f"the admin key acts on one tenant per request: add the header {TENANT_HEADER}: <tenant>", 400)

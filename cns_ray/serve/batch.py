@@ -15,16 +15,18 @@ path draws it.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from cns_ray.delta import SparseDelta
 from cns_ray.errors import InputError
 from cns_ray.serve.prompts import encode_prompt
-from cns_ray.serve.swap import GenerationRequest, InjectedFault, ServedTenant, png_bytes
+from cns_ray.serve.steps import check_not_cancelled, step_callback
+from cns_ray.serve.swap import GenerationRequest, ServedTenant, png_bytes
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,14 @@ def generate_batch(
     weights: dict[str, torch.Tensor],
     items: Sequence[tuple[ServedTenant, GenerationRequest]],
     fault_marker: str | None = None,
+    cancels: Sequence[threading.Event] = (),
+    on_step: Callable[[], None] | None = None,
 ) -> list[list[bytes]]:
     """PNG bytes per request, for requests of any tenants in one pipeline call. The shared weights are only read.
 
     All requests must share :func:`batch_key` and carry a seed (``GenerationRequest.with_seed``). ``fault_marker``
-    (tests only): when a prompt contains it, the call fails mid-generation.
+    (tests only): when a prompt contains it, the call fails mid-generation. ``cancels`` (one per request): when all
+    are set, the call stops after the current denoising step.
     """
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -136,13 +141,8 @@ def generate_batch(
         cond.append(c.expand(req.n, -1, -1))
         uncond.append(u.expand(req.n, -1, -1))
         deltas += [per_tenant[id(served)]] * req.n
-    callback = None
-    if fault_marker and any(fault_marker in r.prompt for _, r in items):
-
-        def callback(_pipe, step, _t, kwargs):
-            if step >= min(1, steps - 1):
-                raise InjectedFault(f"injected fault at step {step} for a prompt containing {fault_marker!r}")
-            return kwargs
+    check_not_cancelled(list(cancels))
+    callback = step_callback(list(cancels), [r.prompt for _, r in items], steps, fault_marker, on_step)
 
     with per_sample_deltas(find_target_modules(pipe.unet), deltas):
         out = pipe(

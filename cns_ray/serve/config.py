@@ -45,8 +45,23 @@ class ServingConfig:
     """Longest prompt accepted."""
     max_n: int = 4
     """Most images per request."""
-    max_size: int = 1024
-    """Largest image side in pixels (sizes must also be multiples of 8)."""
+    max_size: int | None = None
+    """Largest image side in pixels (sizes must also be multiples of 8); None = 2x the base's native side."""
+    max_request_cost: int | None = None
+    """Most ``n * steps * height * width`` of one request (what a request costs the replica's one worker);
+    None = ``max_n * 2 * default_steps * native**2`` (e.g. 4 images at native size with twice the default steps)."""
+    max_in_flight_per_tenant: int = 4
+    """Most requests one tenant may have in flight at the ingress (per ingress replica); more get 429 +
+    ``Retry-After``, so one tenant cannot fill every slot while others wait."""
+    max_json_bytes: int = 64 * 1024
+    """Largest JSON request body (generation, rollback)."""
+    body_timeout_s: float = 30.0
+    """A request body must arrive within this many seconds (slow or half-sent bodies get 408 and free their slot)."""
+    max_upload_pixels: int = 4096 * 4096
+    """Largest uploaded concept image (width x height), checked before it is decoded (decompression bombs)."""
+    safety_checker: bool = False
+    """Run the base folder's safety checker on every image (the folder must ship ``safety_checker/`` and
+    ``feature_extractor/``); flagged images are answered blank, as diffusers does. Off by default: see README."""
     default_size: int | None = None
     """Image side when the request gives none; None = the base model's native resolution."""
     max_steps: int = 100
@@ -98,11 +113,18 @@ class ServingConfig:
         check(self.refresh_ttl_s >= 0, f"refresh_ttl_s={self.refresh_ttl_s} must be >= 0")
         check(self.max_prompt_chars >= 1, f"max_prompt_chars={self.max_prompt_chars} must be >= 1")
         check(self.max_n >= 1, f"max_n={self.max_n} must be >= 1")
-        check(self.max_size >= 8 and self.max_size % 8 == 0, f"max_size={self.max_size} must be a multiple of 8, >= 8")
+        check(self.max_size is None or (self.max_size >= 8 and self.max_size % 8 == 0),
+              f"max_size={self.max_size} must be None (2x the base's side) or a multiple of 8, >= 8")
         check(
-            self.default_size is None or (8 <= self.default_size <= self.max_size and self.default_size % 8 == 0),
+            self.default_size is None or (8 <= self.default_size <= (self.max_size or 1 << 30) and self.default_size % 8 == 0),
             f"default_size={self.default_size} must be None or a multiple of 8 in [8, max_size={self.max_size}]",
         )
+        check(self.max_request_cost is None or self.max_request_cost >= 64,
+              f"max_request_cost={self.max_request_cost} must be None or >= 64 (n * steps * height * width)")
+        check(self.max_in_flight_per_tenant >= 1, f"max_in_flight_per_tenant={self.max_in_flight_per_tenant} must be >= 1")
+        check(self.max_json_bytes >= 1024, f"max_json_bytes={self.max_json_bytes} must be >= 1024")
+        check(self.body_timeout_s > 0, f"body_timeout_s={self.body_timeout_s} must be > 0 seconds")
+        check(self.max_upload_pixels >= 64 * 64, f"max_upload_pixels={self.max_upload_pixels} must be >= 4096 (64x64)")
         check(1 <= self.default_steps <= self.max_steps, f"default_steps={self.default_steps} must be in [1, max_steps={self.max_steps}]")
         check(self.default_guidance >= 0, f"default_guidance={self.default_guidance} must be >= 0")
         check(self.max_upload_bytes >= 1, f"max_upload_bytes={self.max_upload_bytes} must be >= 1")

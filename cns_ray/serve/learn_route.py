@@ -2,7 +2,9 @@
 
 Images go to ``{store}/uploads/{tenant}/{uuid}/NNN.png`` (re-encoded as PNG, so only decodable images are kept and
 no client file name reaches a store key); the job is submitted to the per-tenant scheduler actor
-(cns_ray.jobs.scheduler), which learns a tenant's concepts in order.
+(cns_ray.jobs.scheduler), which learns a tenant's concepts in order. The body's size was bounded while it streamed
+(cns_ray/serve/guard.py); images are decoded on a worker thread, never on the event loop, and an image over
+``max_upload_pixels`` is refused from its header, before it is decoded (decompression bombs).
 """
 
 from __future__ import annotations
@@ -12,16 +14,14 @@ import io
 import logging
 import uuid
 
-from cns_ray.errors import InputError
+from cns_ray.errors import ApiError, InputError
 from cns_ray.serve.config import ServingConfig
 from cns_ray.store.names import validate_name, validate_token
 
 log = logging.getLogger(__name__)
 
 
-def _api_error(status: int, etype: str, message: str):
-    from cns_ray.serve.ingress import ApiError
-
+def _api_error(status: int, etype: str, message: str) -> ApiError:
     return ApiError(status, etype, message)
 
 
@@ -49,11 +49,15 @@ def check_images(blobs: list[tuple[str, bytes]], cfg: ServingConfig) -> list[byt
     for name, data in blobs:
         try:
             with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size  # from the header: nothing decoded yet
+                if w * h > cfg.max_upload_pixels:
+                    raise _api_error(413, "image_too_large", f"file {name[:80]!r} is {w}x{h} = {w * h} pixels, the limit "
+                                     f"is {cfg.max_upload_pixels} (max_upload_pixels): send smaller images")
                 im.load()
                 buf = io.BytesIO()
                 im.convert("RGB").save(buf, format="PNG")
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise _api_error(422, "invalid_image", f"file {name!r} is not a readable image ({e}): send PNG or JPEG files") from e
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            raise _api_error(422, "invalid_image", f"file {name[:80]!r} is not a readable image ({e}): send PNG or JPEG files") from e
         out.append(buf.getvalue())
     return out
 
@@ -90,8 +94,8 @@ async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concep
         blobs.append((f.filename or "image", await f.read(cfg.max_upload_bytes + 1)))
         if sum(len(b) for _, b in blobs) > cfg.max_upload_bytes:
             raise _api_error(413, "upload_too_large", f"images exceed {cfg.max_upload_bytes} bytes in total: send fewer or smaller images")
-    pngs = check_images(blobs, cfg)
-    folder = save_uploads(store, tenant, pngs)
+    pngs = await asyncio.to_thread(check_images, blobs, cfg)
+    folder = await asyncio.to_thread(save_uploads, store, tenant, pngs)
     request = {
         "tenant": tenant,
         "concept": concept,

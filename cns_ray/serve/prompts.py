@@ -16,6 +16,12 @@ from typing import Iterator, Mapping
 
 import torch
 
+from cns_ray.errors import InputError
+
+
+class PromptTooLongError(InputError):
+    """A concept's placeholder falls past the text encoder's window: the image would be made without it."""
+
 
 @dataclass
 class TokenizedPrompt:
@@ -24,6 +30,10 @@ class TokenizedPrompt:
     ids: torch.Tensor
     placeholders: dict[int, str]
     truncated: bool
+    dropped: tuple[str, ...] = ()
+    """Placeholders cut off by the window (their concept would be silently missing)."""
+    content_tokens: int = 0
+    """Tokens of the prompt before truncation (bos/eos not counted)."""
 
 
 def tokenize_with_placeholders(tokenizer, prompt: str, tokens: Mapping[str, object]) -> TokenizedPrompt:
@@ -35,7 +45,9 @@ def tokenize_with_placeholders(tokenizer, prompt: str, tokens: Mapping[str, obje
     marks: dict[int, str] = {}
     names = sorted(tokens, key=len, reverse=True)  # longest first: "<rex2>" before "<rex>"
     pieces = re.split("(" + "|".join(re.escape(t) for t in names) + ")", prompt) if names else [prompt]
-    for piece in pieces:
+    for i, piece in enumerate(pieces):
+        if i + 1 < len(pieces) and pieces[i + 1] in tokens:
+            piece = piece.rstrip()  # the space before a placeholder is not a token (the learner's lstrip=True)
         if not piece:
             continue
         if piece in tokens:
@@ -44,11 +56,13 @@ def tokenize_with_placeholders(tokenizer, prompt: str, tokens: Mapping[str, obje
         else:
             content.extend(tokenizer(piece, add_special_tokens=False).input_ids)
     room = max_len - 2
+    n_content = len(content)
     truncated = len(content) > room
     content = content[:room]
     ids = [bos, *content, eos] + [pad] * (room - len(content))
     placeholders = {pos + 1: tok for pos, tok in marks.items() if pos < room}
-    return TokenizedPrompt(torch.tensor(ids, dtype=torch.int64), placeholders, truncated)
+    dropped = tuple(tok for pos, tok in sorted(marks.items()) if pos >= room)
+    return TokenizedPrompt(torch.tensor(ids, dtype=torch.int64), placeholders, truncated, dropped, n_content)
 
 
 @contextmanager
@@ -78,6 +92,13 @@ def encode_prompt(tokenizer, text_encoder, prompt: str, tokens: Mapping[str, tor
     Must run where no other request uses ``text_encoder`` at the same time (the generator's single worker).
     """
     tp = tokenize_with_placeholders(tokenizer, prompt, tokens)
+    if tp.dropped:
+        room = int(tokenizer.model_max_length) - 2
+        raise PromptTooLongError(
+            f"prompt is {tp.content_tokens} tokens, the text encoder reads {room}: concept token(s) "
+            f"{', '.join(tp.dropped)} would be cut off and the image made without them; shorten the prompt or "
+            "put the concept token earlier"
+        )
     dim = text_encoder.get_input_embeddings().weight.shape[1]
     rows = {}
     for pos, tok in tp.placeholders.items():

@@ -11,20 +11,21 @@ from __future__ import annotations
 import io
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from cns_ray.delta import LayerDelta, SparseDelta, swapped
 from cns_ray.errors import DeltaValidationError, InputError
 from cns_ray.serve.prompts import encode_prompt
+from cns_ray.serve.steps import InjectedFault, check_not_cancelled, step_callback
 
 log = logging.getLogger(__name__)
 
-
-class InjectedFault(RuntimeError):
-    """Raised on purpose inside the swapped region (ServingConfig.fault_marker; tests only)."""
+__all__ = ["GenerationRequest", "InjectedFault", "ServedTenant", "generate_images", "png_bytes", "weights_digest"]
 
 
 @dataclass
@@ -101,10 +102,13 @@ def generate_images(
     served: ServedTenant,
     req: GenerationRequest,
     fault_marker: str | None = None,
+    cancel: threading.Event | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> list[bytes]:
     """PNG bytes of ``req.n`` images of ``req.prompt`` for ``served``'s tenant on ``base``.
 
     ``weights`` are the base's live target weights (name -> [out, in]); they are bit-identical after return or raise.
+    ``cancel`` set: the call stops after the current denoising step (RequestCancelledError), weights restored.
     """
     if req.seed is None:
         raise InputError("generate_images needs a seed: call GenerationRequest.with_seed() first")
@@ -112,14 +116,9 @@ def generate_images(
     cond = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.prompt, served.tokens)  # [1, T, D]
     uncond = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.negative_prompt, served.tokens)  # [1, T, D]
     dtype = pipe.unet.dtype
-    callback = None
-    if fault_marker and fault_marker in req.prompt:
-
-        def callback(_pipe, step, _t, kwargs):
-            if step >= min(1, req.steps - 1):
-                raise InjectedFault(f"injected fault at step {step} for a prompt containing {fault_marker!r}")
-            return kwargs
-
+    cancels = [cancel] if cancel is not None else []
+    check_not_cancelled(cancels)
+    callback = step_callback(cancels, [req.prompt], req.steps, fault_marker, on_step)
     generator = torch.Generator(device="cpu").manual_seed(int(req.seed))
     # Entries were validated once when the state was loaded (store.load + ServedTenant.from_state) and are
     # immutable since: per request only base_id, layer names and shapes are re-checked.

@@ -15,19 +15,12 @@ import logging
 import time
 from typing import Callable
 
-from cns_ray.errors import BaseMismatchError, CNSError, CorruptStateError, DeltaValidationError, NotFoundError, StoreError
+from cns_ray.errors import BaseMismatchError, CorruptStateError, DeltaValidationError, NotFoundError, StoreError, TenantUnavailableError
 from cns_ray.serve.swap import ServedTenant
 
 log = logging.getLogger(__name__)
 
-
-class TenantUnavailableError(CNSError):
-    """A tenant's state cannot be served (corrupt, truncated, learned on another base, store unreachable)."""
-
-    def __init__(self, tenant: str, problem: str):
-        self.tenant = tenant
-        self.problem = problem
-        super().__init__(f"tenant {tenant!r} cannot be served: {problem}")
+__all__ = ["TenantSlot", "TenantUnavailableError", "describe_load_error"]
 
 
 Loader = Callable[[str, "int | None"], ServedTenant]  # (tenant, head) -> served state (blocking)
@@ -51,8 +44,17 @@ def describe_load_error(e: Exception) -> str:
 class TenantSlot:
     """A tenant's served state with a TTL'd head check. Safe for concurrent coroutines of one replica."""
 
-    def __init__(self, tenant: str, loader: Loader, head_fn: HeadFn, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        tenant: str,
+        loader: Loader,
+        head_fn: HeadFn,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_evict: Callable[[str], None] | None = None,
+    ):
         self.tenant = tenant
+        self._on_evict = on_evict
         self._loader = loader
         self._head_fn = head_fn
         self._ttl = ttl_s
@@ -70,8 +72,15 @@ class TenantSlot:
     def _fresh(self) -> bool:
         return self._error is None and self._served is not None and self._clock() - self._checked_at < self._ttl
 
+    def __del__(self) -> None:
+        """Serve's multiplexer calls this when it evicts the slot (LRU); counted once."""
+        cb, self._on_evict = getattr(self, "_on_evict", None), None
+        if cb is not None:
+            cb(self.tenant)
+
     async def current(self, force: bool = False) -> ServedTenant:
-        """The state of the tenant's head (re-checked when the TTL passed or ``force``)."""
+        """The state of the tenant's head (re-checked when the TTL passed; ``force``: re-loaded and re-validated
+        from the store even when the head did not move, e.g. after a file of that version changed)."""
         if not force and self._fresh():
             return self._served  # type: ignore[return-value]
         async with self._lock:
@@ -79,7 +88,7 @@ class TenantSlot:
                 return self._served  # type: ignore[return-value]
             try:
                 head = await asyncio.to_thread(self._head_fn, self.tenant)
-                if self._served is None or head != self._served.version or self._error is not None:
+                if force or self._served is None or head != self._served.version or self._error is not None:
                     served = await asyncio.to_thread(self._loader, self.tenant, head)
                     self.loads += 1
                     log.info("tenant %s: loaded version %s", self.tenant, served.version)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from cns_ray.errors import ConfigError
+from cns_ray.errors import ConfigError, InputError
 from cns_ray.serve.config import ServingConfig
-from cns_ray.serve.ingress import ApiError, ImageRequest, build_generation, parse_size
+from cns_ray.serve.limits import ImageRequest, Limits, build_generation, parse_size
 
 
 def test_config_refuses_bad_values_and_plain_keys():
@@ -19,12 +19,13 @@ def test_config_refuses_bad_values_and_plain_keys():
 
 
 CFG = ServingConfig(max_n=2, max_steps=10, default_steps=4, max_size=128, max_prompt_chars=50)
+LIM = Limits.for_base(CFG, 64)
 
 
 def test_valid_request_gets_defaults():
-    g = build_generation(ImageRequest(prompt="a <tok> dog", size="64x32", steps=3), CFG, 64)
-    assert (g["height"], g["width"], g["steps"], g["n"]) == (32, 64, 3, 1)
-    assert build_generation(ImageRequest(prompt="x"), CFG, 64)["height"] == 64
+    g = build_generation(ImageRequest(prompt="a <tok> dog", size="64x32", steps=3), LIM)
+    assert (g.height, g.width, g.steps, g.n) == (32, 64, 3, 1)
+    assert build_generation(ImageRequest(prompt="x"), LIM).height == 64
 
 
 @pytest.mark.parametrize(
@@ -42,10 +43,43 @@ def test_valid_request_gets_defaults():
     ],
 )
 def test_limits(body, match):
-    with pytest.raises(ApiError, match=match) as e:
-        build_generation(ImageRequest(**body), CFG, 64)
-    assert e.value.status == 422
+    with pytest.raises(InputError, match=match) as e:
+        build_generation(ImageRequest(**body), LIM)
+    assert e.value.http_status == 422
 
 
 def test_parse_size_is_width_by_height():
-    assert parse_size("64x32", 64, CFG) == (32, 64)
+    assert parse_size("64x32", LIM) == (32, 64)
+
+
+def test_limits_follow_the_served_base():
+    """No max_size / max_request_cost: at most 2x the native side, and a cost budget from the native size."""
+    cfg = ServingConfig(max_n=4, default_steps=25, max_steps=100)
+    lim = Limits.for_base(cfg, 32)
+    assert lim.max_side == 64 and lim.max_cost == 4 * 2 * 25 * 32 * 32
+    with pytest.raises(InputError, match=r"multiple of 8 in \[8, 64\]"):
+        build_generation(ImageRequest(prompt="x", size="1024x1024"), lim)
+    with pytest.raises(InputError, match=r"n\*steps\*height\*width = 4\*100\*64\*64 = 1638400, the limit is 204800"):
+        build_generation(ImageRequest(prompt="x", size="64x64", n=4, steps=100), lim)
+    assert build_generation(ImageRequest(prompt="x", n=4, steps=50), lim).n == 4  # native size, 2x default steps
+    assert Limits.for_base(ServingConfig(max_size=512, max_request_cost=10**9), 32).max_side == 512
+
+
+@pytest.mark.parametrize("body", [{"prompt": "x", "n": True}, {"prompt": "x", "n": "2"}, {"prompt": "x", "n": 2.0},
+                                  {"prompt": "x", "steps": "3"}, {"prompt": "\ud800 dog"}])
+def test_bodies_are_strict(body):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        ImageRequest(**body)
+
+
+@pytest.mark.parametrize("version", [True, "2", 2.0])
+def test_versions_are_strict_integers(version):
+    from pydantic import ValidationError
+
+    from cns_ray.serve.limits import RollbackRequest
+
+    with pytest.raises(ValidationError):
+        RollbackRequest(version=version)
+    assert RollbackRequest(version=2).version == 2

@@ -4,13 +4,14 @@ import copy
 
 import torch
 
+from cns_ray.models.text import register_placeholders
 from cns_ray.serve.prompts import encode_prompt, tokenize_with_placeholders
 
 
 def test_ids_match_a_tokenizer_with_the_placeholder_added(tiny_base):
     tok = tiny_base.tokenizer
     ref = copy.deepcopy(tok)
-    ref.add_tokens(["<rex>", "<rex2>"], special_tokens=True)
+    register_placeholders(ref, ["<rex>", "<rex2>"])
     for prompt in ["a photo of <rex> dog", "<rex>dog <rex2> on a <rex>", "no placeholder here"]:
         tp = tokenize_with_placeholders(tok, prompt, {"<rex>": 0, "<rex2>": 0})
         want = ref(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
@@ -41,7 +42,7 @@ def test_placeholder_gets_the_tenants_embedding_and_nothing_leaks(tiny_base):
     vec = torch.randn(te.config.hidden_size, generator=torch.Generator().manual_seed(0))
     # reference: a private encoder copy whose table holds the vector under a real added token
     ref_tok, ref_te = copy.deepcopy(tok), copy.deepcopy(te)
-    ref_tok.add_tokens(["<rex>"], special_tokens=True)
+    register_placeholders(ref_tok, ["<rex>"])
     ref_te.resize_token_embeddings(len(ref_tok))
     with torch.no_grad():
         ref_te.get_input_embeddings().weight[ref_tok.convert_tokens_to_ids("<rex>")] = vec
