@@ -336,3 +336,21 @@ def test_gc_keeps_head_parent_and_newest_and_spares_in_flight_commits(store, sto
     assert len(rep.checkpoints) == 1 and "run-failed" in rep.checkpoints[0]
     assert store.backend.list_files("tenants/acme/versions/6") == [] and store.backend.list_files("checkpoints") == []
     assert [h.version for h in store.history("acme")] == [1, 2, 4, 5] and store.verify() == []
+
+
+# ---------------------------------------------------------------------------------------------- layout
+def test_uploads_go_through_the_store_and_verify_checks_the_layout(store):
+    from pathlib import Path
+
+    from cns_ray.jobs.inputs import materialize_images
+
+    ref = store.save_uploads("acme", [b"png-0", b"png-1"])
+    assert ref.startswith("store:uploads/acme/")
+    with materialize_images(ref, store.uri()) as imgs:
+        assert sorted(p.name for p in Path(imgs.path).iterdir()) == ["000.png", "001.png"]
+        assert (Path(imgs.path) / "001.png").read_bytes() == b"png-1"
+    assert store.verify() == []
+    store.backend.put("junk/notes.txt", b"x")
+    store.backend.put("checkpoints/bad name/x", b"x")
+    problems = store.verify()
+    assert len(problems) == 2 and "junk: not part of the store layout" in problems[0] and "tenant name" in problems[1]

@@ -1,4 +1,5 @@
-"""Concept images for a learning run: a local folder, an ``s3://`` folder, or a folder under the store.
+"""Concept images for a learning run: a local folder, an ``s3://`` folder, or a folder under the store
+(``store:uploads/...`` from the HTTP learn route, ``store:inputs/...``), parsed once into an :class:`ImagesSpec`.
 
 A Train worker may run on another node than the one the request came from, so remote inputs are copied to a local
 temporary folder first. Local folders are used in place.
@@ -11,16 +12,48 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow.fs as pafs
 
-from cns_ray.errors import InputError
+from cns_ray.errors import InputError, InvalidNameError
 from cns_ray.fs import resolve
+from cns_ray.store.layout import STORE_REF, parse_store_ref, root_location, store_ref
 
 log = logging.getLogger(__name__)
 
-STORE_PREFIX = "store:"
+STORE_PREFIX = STORE_REF
 """``store:inputs/rex`` names a folder relative to the concept store's root."""
+
+
+@dataclass(frozen=True)
+class ImagesSpec:
+    """Where a run's images are, parsed once: a local folder, an ``s3://`` folder, or ``store:REL`` under the store."""
+
+    kind: Literal["local", "s3", "store"]
+    value: str
+    """The local path (as given, ``file://`` removed), the s3:// URI, or REL."""
+
+    @classmethod
+    def parse(cls, images: str) -> "ImagesSpec":
+        if not images:
+            raise InputError("images is empty: give a folder of png/jpg/webp images (local, s3://..., or store:REL)")
+        if images.startswith(STORE_REF):
+            try:
+                return cls("store", parse_store_ref(images))
+            except InvalidNameError as e:
+                raise InputError(str(e)) from e
+        if images.startswith("s3://"):
+            return cls("s3", images)
+        if "://" in images and not images.startswith("file://"):
+            raise InputError(f"images={images!r}: unsupported scheme; give a local folder, s3://bucket/prefix or store:REL")
+        return cls("local", images.removeprefix("file://"))
+
+    def for_submission(self) -> str:
+        """The spec as a worker on another node or cwd reads it: local folders made absolute."""
+        if self.kind == "local":
+            return os.path.abspath(os.path.expanduser(self.value))
+        return self.value if self.kind == "s3" else store_ref(self.value)
 
 
 @dataclass
@@ -64,21 +97,17 @@ def materialize_images(images: str, store_uri: str | None = None) -> LocalImages
     ``images`` is a local folder, ``s3://bucket/prefix``, ``file://...``, or ``store:REL`` (a folder relative to
     the store root, ``store_uri``). Raises :class:`InputError` naming the value when it cannot be found.
     """
-    if not images:
-        raise InputError("images is empty: give a folder of png/jpg/webp images (local, s3://..., or store:REL)")
-    if images.startswith(STORE_PREFIX):
+    spec = ImagesSpec.parse(images)
+    if spec.kind == "store":
         if not store_uri:
             raise InputError(f"images={images!r} is relative to the store, but no store was given")
-        rel = images[len(STORE_PREFIX) :].strip("/")
-        if not rel or ".." in rel.split("/"):
-            raise InputError(f"images={images!r}: give a folder inside the store, e.g. store:inputs/rex")
-        loc = resolve(store_uri)
+        loc = root_location(store_uri)
         if not loc.is_s3:
-            return _local(loc.join(rel), images)
-        return _copy_folder(f"s3://{loc.join(rel)}")
-    if images.startswith("s3://"):
-        return _copy_folder(images)
-    return _local(images.removeprefix("file://"), images)
+            return _local(loc.join(spec.value), images)
+        return _copy_folder(f"s3://{loc.join(spec.value)}")
+    if spec.kind == "s3":
+        return _copy_folder(spec.value)
+    return _local(spec.value, images)
 
 
 def _local(path: str, given: str) -> LocalImages:

@@ -31,7 +31,8 @@ import ray
 from cns_ray import errors as cns_errors
 from cns_ray.config import LearnerConfig, StoreConfig
 from cns_ray.errors import CNSError, NotFoundError
-from cns_ray.fs import resolve
+from cns_ray.jobs.inputs import ImagesSpec
+from cns_ray.store.layout import checkpoint_location as store_checkpoint_location, root_location
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,13 @@ def _resolve_parent(store, request) -> int | None:
 
 def _absolute(uri: str) -> str:
     """Local store folders as absolute paths (Ray workers run in other working directories)."""
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+    loc = root_location(uri)  # the one parsed location type (cns_ray.store.layout)
+    return uri if loc.is_s3 else loc.path
 
 
 def checkpoint_location(store_uri: str, tenant: str):
     """(storage_path, storage_filesystem or None) for a tenant's Ray Train checkpoints under the store."""
-    loc = resolve(store_uri)
-    path = loc.join("checkpoints", tenant)
-    return (path, loc.fs) if loc.is_s3 else (path, None)
+    return store_checkpoint_location(store_uri, tenant)  # the store owns its layout
 
 
 def resolve_learner_config(cfg: LearnerConfig, base_model: str) -> LearnerConfig:
@@ -132,9 +132,7 @@ def run_learning(
     cfg = resolve_learner_config(cfg, base_model)
     store = ConceptStore(StoreConfig(uri=store_uri))
     parent = _resolve_parent(store, request)
-    images = request.images
-    if images and "://" not in images and not images.startswith("store:") and os.path.isdir(images):
-        images = os.path.abspath(images)  # workers may run in another cwd
+    images = ImagesSpec.parse(request.images).for_submission()  # local folders absolute: workers run in another cwd
     request = replace(request, parent_version=parent, images=images)
     run_name = run_name or f"{request.concept}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage_path, storage_fs = checkpoint_location(store_uri, request.tenant)

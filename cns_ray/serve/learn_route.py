@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import uuid
 
 from cns_ray.errors import ApiError, InputError
 from cns_ray.serve.config import ServingConfig
@@ -63,17 +62,9 @@ def check_images(blobs: list[tuple[str, bytes]], cfg: ServingConfig) -> list[byt
 
 
 def save_uploads(store, tenant: str, pngs: list[bytes]) -> str:
-    """Write the images under the store; returns the folder URI (what the learner reads)."""
-    from cns_ray.fs import resolve
-
-    folder = store.uri("uploads", tenant, uuid.uuid4().hex)
-    loc = resolve(folder)
-    if not loc.is_s3:
-        loc.fs.create_dir(loc.path, recursive=True)
-    for i, data in enumerate(pngs):
-        with loc.fs.open_output_stream(loc.join(f"{i:03d}.png")) as f:
-            f.write(data)
-    return folder
+    """Write the images under the store (``uploads/{tenant}/{id}/``, the store's layout); returns ``store:REL``
+    (what the learner reads, and what the concept records as its input)."""
+    return store.save_uploads(tenant, pngs)
 
 
 async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concept: str, class_word: str, token: str | None, steps: int | None) -> str:

@@ -352,6 +352,7 @@ class S3Backend(Backend):
 
     def _list(self, prefix: str, delimiter: bool) -> tuple[list[str], list[str]]:
         full = self._key(prefix).rstrip("/") + "/"
+        full = "" if full == "/" else full  # the bucket's root
         kw = {"Bucket": self.bucket, "Prefix": full, **({"Delimiter": "/"} if delimiter else {})}
         keys, dirs = [], []
         with self._errors(prefix):

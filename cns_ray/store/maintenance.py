@@ -15,6 +15,7 @@ from cns_ray.store import codec
 from cns_ray.store.backend import open_backend
 from cns_ray.store.commit import MARKER, read_marker
 from cns_ray.store.head import HeadRecord, ranges_has, ranges_iter
+from cns_ray.store.layout import layout_problems
 from cns_ray.store.manifest import VERSION_FILES, VersionEntry, file_digest, now_iso
 from cns_ray.store.names import validate_name
 from cns_ray.store.state import TenantState
@@ -112,6 +113,7 @@ def verify_store(store: "ConceptStore") -> list[str]:
             for p in pool.map(lambda v: _check_version(store, t, h, v), ranges_iter(h.live)):
                 problems.extend(p)
     try:
+        problems.extend(layout_problems(b))
         bases = b.list_dirs("bases")
     except Exception as e:  # noqa: BLE001
         return problems + [f"bases/: cannot list ({_describe(e)})"]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from cns_ray.config import StoreConfig
 from cns_ray.errors import CorruptStateError, InvalidNameError, NotFoundError
-from cns_ray.store import codec
+from cns_ray.store import codec, layout
 from cns_ray.store.backend import NOT_MODIFIED, Backend, open_backend
 from cns_ray.store.checks import drop_for_concept, semantic_problems
 from cns_ray.store.commit import RECORD, commit_state, rollback_head
@@ -257,6 +257,19 @@ class ConceptStore:
                    f"({rec.nnz - dropped} of its neurons kept: shared with other concepts)")
         new = TenantState(tenant=tenant, base_id=state.base_id, delta=delta, tokens=tokens, concepts=rest)
         return commit_state(self, tenant, new, state.version, message, "delete")
+
+    # ------------------------------------------------------------------ inputs and checkpoints (layout.py)
+    def save_uploads(self, tenant: str, images: list[bytes], suffix: str = ".png") -> str:
+        """Write a learning request's images create-once under ``uploads/{tenant}/{id}/``; returns ``store:REL``
+        (what a learning request names, valid wherever the store is reached from)."""
+        key = layout.new_upload_key(tenant)
+        for i, data in enumerate(images):
+            self._backend.put_once(f"{key}/{i:03d}{suffix}", data)
+        return layout.store_ref(key)
+
+    def checkpoint_location(self, tenant: str):
+        """(storage_path, storage_filesystem or None) of the tenant's Ray Train checkpoints: ``checkpoints/{tenant}``."""
+        return layout.checkpoint_location(self.cfg.uri, tenant)
 
     # ------------------------------------------------------------------ general masks
     def _mkey(self, base_id: str, key: str) -> str:
