@@ -98,3 +98,15 @@ def test_with_base_defaults_fills_only_nones():
     out = cfg.with_base_defaults(PAPER)
     assert (out.steps, out.token_lr, out.weight_lr, out.resolution) == (500, 1.0, 3e-5, 64)
     assert out.unresolved() == []
+
+
+def test_serve_config_without_guidance_takes_the_bases(tmp_path):
+    """deploy/serve.yaml leaves default_guidance out: the app uses the base's (tiny: 4.0; a bare folder: 7.5)."""
+    from cns_ray.serve.app import app_builder
+
+    def guidance(args: dict) -> float:
+        return app_builder(args)._bound_deployment.init_args[1]["default_guidance"]  # the ingress's ServingConfig
+
+    assert guidance({"base_model": "tiny"}) == 4.0
+    assert guidance({"base_model": str(tmp_path)}) == PAPER.guidance_scale
+    assert guidance({"base_model": "tiny", "default_guidance": 9.0}) == 9.0
