@@ -44,6 +44,8 @@ def register(sub) -> None:
     p = ssub.add_parser("verify", help="check every version of every tenant and the mask cache; exit 1 on problems",
                         description="check every version of every tenant and the mask cache; exit 1 on problems")
     add_common(p, base_model=False)
+    p.add_argument("--base-model", default=None, help="also check every version against this base model (target "
+                   "layers and shapes, base_id, text-encoder width), as serving it would; default: the store alone")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_verify, exit_hard=True)
     p = ssub.add_parser("gc", help="remove orphans, stale temp files and failed runs' checkpoints; old versions with --keep-last",
@@ -170,7 +172,14 @@ def _export(args) -> int:
 
 def _verify(args) -> int:
     store = _store(args)
-    problems, orphans = store.verify(), store.orphans()
+    against = {}
+    if args.base_model:
+        from cns_ray.models import load_base_model
+
+        base = load_base_model(args.base_model)
+        against = {"shapes": base.target_shapes(), "base_id": base.base_id,
+                   "token_dim": int(base.text_encoder.get_input_embeddings().weight.shape[1])}
+    problems, orphans = store.verify(**against), store.orphans()
     if args.json:
         print(json.dumps({"store": store.uri(), "problems": problems, "orphans": orphans}, indent=1))
     else:

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -114,6 +115,11 @@ class Backend(ABC):
     def exists(self, key: str) -> bool:
         return self.get_tagged(key) is not None
 
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under ``prefix`` (a folder)."""
+        for e in self.list_entries(prefix):
+            self.delete(e.key)
+
 
 def open_backend(uri: str) -> Backend:
     try:
@@ -141,7 +147,12 @@ class LocalBackend(Backend):
 
     @staticmethod
     def _write(path: str, data: bytes) -> None:
-        with open(path, "wb") as f:
+        try:
+            f = open(path, "wb")
+        except FileNotFoundError:  # the folder was just removed as empty by a delete: make it again
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            f = open(path, "wb")
+        with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -231,6 +242,10 @@ class LocalBackend(Backend):
             out.extend(f"{rel}/{f}" for f in files if not f.startswith("."))
         return sorted(out)
 
+    def delete_prefix(self, prefix: str) -> None:
+        if prefix.strip("/"):
+            shutil.rmtree(self._path(prefix), ignore_errors=True)
+
     def list_entries(self, prefix: str) -> list[Entry]:
         out = []
         for dirpath, _, files in os.walk(self._path(prefix)):
@@ -244,11 +259,10 @@ class LocalBackend(Backend):
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._path(key))
-        with contextlib.suppress(OSError):  # drop the emptied folder (and empty parents) up to the root
+        with contextlib.suppress(OSError):  # drop the emptied folder (a writer racing this recreates it: _tmp)
             d = os.path.dirname(self._path(key))
-            while os.path.abspath(d) != os.path.abspath(self.root) and not os.listdir(d):
+            if os.path.abspath(d) != os.path.abspath(self.root) and not os.listdir(d):
                 os.rmdir(d)
-                d = os.path.dirname(d)
 
 
 # ---------------------------------------------------------------------------------------------- S3

@@ -101,8 +101,7 @@ def collect(store: "ConceptStore", policy: GcPolicy, now: float | None = None) -
 
 
 def _delete_prefix(store: "ConceptStore", prefix: str) -> None:
-    for e in store.backend.list_entries(prefix):
-        store.backend.delete(e.key)
+    store.backend.delete_prefix(prefix)
 
 
 def retention_keep(store: "ConceptStore", tenant: str, head: HeadRecord, keep_last: int) -> set[int]:

@@ -88,19 +88,21 @@ def _describe(e: Exception) -> str:
     return str(e) if isinstance(e, CNSError) else f"{type(e).__name__}: {e}"
 
 
-def _check_version(store: "ConceptStore", t: str, h: HeadRecord, v: int) -> list[str]:
+def _check_version(store: "ConceptStore", t: str, h: HeadRecord, v: int, against: dict) -> list[str]:
     try:
         e = store.version_entry(t, v, h)
         if e.parent is not None and not ranges_has(h.committed, e.parent):
             return [f"tenant {t!r} version {v}: parent {e.parent} was never committed"]
-        store.load_entry(t, e)
+        store.load_entry(t, e, **against)
     except Exception as ex:  # noqa: BLE001 - a damaged file may raise anything; report it, check the rest
         return [f"tenant {t!r} version {v}: {_describe(ex)}"]
     return []
 
 
-def verify_store(store: "ConceptStore") -> list[str]:
-    """Every problem of every kept version of every tenant and of the mask cache. Never raises for damaged data."""
+def verify_store(store: "ConceptStore", shapes=None, base_id: str | None = None, token_dim: int | None = None) -> list[str]:
+    """Every problem of every kept version of every tenant, of the layout and of the mask cache; with ``shapes``,
+    ``base_id``, ``token_dim`` (a served base's), the checks load makes against it too. Never raises for damaged data."""
+    against = {"shapes": shapes, "base_id": base_id, "token_dim": token_dim}
     problems = []
     b = store.backend
     with ThreadPoolExecutor(VERIFY_THREADS) as pool:
@@ -110,7 +112,7 @@ def verify_store(store: "ConceptStore") -> list[str]:
                 continue
             if h is None:
                 continue
-            for p in pool.map(lambda v: _check_version(store, t, h, v), ranges_iter(h.live)):
+            for p in pool.map(lambda v: _check_version(store, t, h, v, against), ranges_iter(h.live)):
                 problems.extend(p)
     try:
         problems.extend(layout_problems(b))

@@ -93,6 +93,4 @@ def finish_purge(store: "ConceptStore", plan: PurgePlan, rebuilt: TenantState) -
 
 def drop_tenant(store: "ConceptStore", tenant: str) -> None:
     """Delete every file of a (scratch) tenant."""
-    b = store.backend
-    for e in b.list_entries(store._tkey(tenant)):
-        b.delete(e.key)
+    store.backend.delete_prefix(store._tkey(tenant))

@@ -316,11 +316,12 @@ class ConceptStore:
 
         return export_version(self, tenant, dest_dir, version)
 
-    def verify(self) -> list[str]:
-        """Every problem across every version of every tenant and the mask cache; [] if all is well."""
+    def verify(self, *, shapes=None, base_id: str | None = None, token_dim: int | None = None) -> list[str]:
+        """Every problem across every version of every tenant, the layout and the mask cache; [] if all is well.
+        With a base's ``shapes``/``base_id``/``token_dim``, also what loading on that base would refuse."""
         from cns_ray.store.maintenance import verify_store
 
-        return verify_store(self)
+        return verify_store(self, shapes, base_id, token_dim)
 
     def gc(self, policy) -> "GcReport":
         """Remove orphans, stale temporary files and checkpoints, and old versions by ``policy`` (see gc.py)."""

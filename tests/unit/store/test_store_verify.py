@@ -115,3 +115,12 @@ def test_store_verify_exits_0_twenty_times_in_a_row(tmp_path):
         codes.append(r.returncode)
         assert r.returncode != 0 or json.loads(r.stdout)["problems"] == []  # output flushed before the exit
     assert codes == [0] * 20, codes
+
+
+def test_verify_against_a_base(store, capsys):
+    store.commit("acme", make_state("acme"), parent=None)
+    assert store.verify(shapes=SHAPES, base_id=BASE, token_dim=24) == []
+    (p,) = store.verify(shapes=SHAPES, base_id="ffffffffffffffff", token_dim=24)
+    assert "another base model" in p
+    (p,) = store.verify(token_dim=32)
+    assert "text encoder's is 32" in p
