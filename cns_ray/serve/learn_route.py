@@ -67,6 +67,16 @@ def save_uploads(store, tenant: str, pngs: list[bytes]) -> str:
     return store.save_uploads(tenant, pngs)
 
 
+def _learn_on_gpu(cfg: ServingConfig) -> bool:
+    """Learning runs ask for a GPU per Train worker as the replicas do: ``use_gpu`` as configured, else whenever the
+    cluster has or can add GPUs (cns_ray/jobs/ray_env.py)."""
+    if cfg.use_gpu is not None:
+        return cfg.use_gpu
+    from cns_ray.jobs.ray_env import gpus_possible
+
+    return gpus_possible() > 0
+
+
 async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concept: str, class_word: str, token: str | None, steps: int | None) -> str:
     from cns_ray.config import LearnerConfig
 
@@ -98,7 +108,7 @@ async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concep
     }
     actor = await asyncio.to_thread(scheduler, cfg)
     try:
-        job_id = await actor.submit.remote(request, LearnerConfig(steps=steps, token_lr=None, weight_lr=None).to_dict())  # lrs: the base's
+        job_id = await actor.submit.remote(request, LearnerConfig(steps=steps, token_lr=None, weight_lr=None, use_gpu=_learn_on_gpu(cfg)).to_dict())  # lrs: the base's
     except (InputError, ValueError) as e:
         raise _api_error(422, "invalid_request", str(e)) from e
     log.info("tenant %s: submitted learning of %s (%d images) as job %s", tenant, concept, len(pngs), job_id)
