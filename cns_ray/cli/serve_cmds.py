@@ -47,6 +47,8 @@ def register(sub) -> None:
     p.add_argument("--max-request-cost", type=int, default=None,
                    help="most n*steps*height*width per request (default: max_n * 2 * default_steps * native**2)")
     p.add_argument("--max-in-flight-per-tenant", type=int, default=4, help="requests one tenant may have in flight (default %(default)s)")
+    p.add_argument("--drain-timeout", type=float, default=120.0,
+                   help="on SIGTERM/Ctrl-C: seconds to wait for requests in flight before stopping (default %(default)s)")
     p.add_argument("--safety-checker", action="store_true",
                    help="run the base folder's safety checker on every image (off by default; see README)")
     p.set_defaults(func=cmd_serve)
@@ -111,6 +113,20 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def _drain(app_name: str, timeout_s: float) -> None:
+    """Refuse new requests and wait (at most ``timeout_s``) until the ingress has none in flight."""
+    from ray import serve
+
+    try:
+        ingress = serve.get_deployment_handle("Ingress", app_name=app_name)
+        deadline = time.monotonic() + timeout_s
+        while (left := ingress.drain.remote().result(timeout_s=30)) and time.monotonic() < deadline:
+            print(f"draining: {left} request(s) in flight", file=sys.stderr, flush=True)
+            time.sleep(0.5)
+    except Exception as e:  # noqa: BLE001 - the app never started or is gone: nothing to drain
+        print(f"drain skipped ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
@@ -155,11 +171,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def _stop(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, _stop)  # SIGTERM drains like Ctrl-C (the default would leave Ray processes behind)
     # A new local Ray binds 127.0.0.1 only; --address attaches to a cluster (RAY_ADDRESS under `ray job submit`).
     attached = bool(args.address)
     try:
         init_ray(args.address or "local")
+        # SIGTERM drains like Ctrl-C (the default, and Ray's own handler, would leave Ray processes behind); set after
+        # Ray started, which installs a handler of its own
+        signal.signal(signal.SIGTERM, _stop)
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
         url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', 'localhost') else args.host}:{args.port}"
@@ -182,6 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one drain at a time
         try:
             if ray.is_initialized():
+                _drain(APP_NAME, args.drain_timeout)
                 if attached:
                     serve.delete(APP_NAME)  # leave the cluster's other Serve apps alone
                 else:

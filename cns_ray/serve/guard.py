@@ -42,6 +42,8 @@ class GuardState:
     metrics: Metrics
     redact_roots: tuple[str, ...] = ()
     in_flight: dict[str, int] = field(default_factory=dict)
+    draining: bool = False
+    """Set when the endpoint is stopping: new requests get 503 + Retry-After, the ones in flight finish."""
 
     def body_limit(self, method: str, path: str) -> int:
         if (method, path.rstrip("/")) == UPLOAD_ROUTE:
@@ -118,6 +120,11 @@ class Guard:
                 if length is not None and (not length.isdigit() or int(length) > limit):
                     raise RequestTooLargeError(f"request body is {length[:20]} bytes, the limit for {method} {path[:100]} is {limit}: "
                                                "send a smaller body (fewer or smaller images)")
+                if g.draining:
+                    from cns_ray.errors import ServiceUnavailableError
+
+                    raise ServiceUnavailableError("the endpoint is shutting down: retry in a few seconds (another replica or "
+                                                  "the restarted endpoint will answer)")
                 if g.in_flight.get(tenant, 0) >= g.cfg.max_in_flight_per_tenant:
                     from cns_ray.errors import TooManyRequestsError
 

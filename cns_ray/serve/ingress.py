@@ -165,6 +165,11 @@ class Ingress:
             return None
         return self.store.load(tenant)
 
+    async def drain(self) -> int:
+        """Stop taking new requests (503 + Retry-After); the number still in flight (``cns serve`` waits for 0)."""
+        self.guard.draining = True
+        return sum(self.guard.in_flight.values())
+
     # ---------------------------------------------------------------- routes
     @app.get("/healthz")
     async def healthz(self):
