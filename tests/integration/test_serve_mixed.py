@@ -42,7 +42,8 @@ def app(ray_local, tiny_base, tmp_path_factory):
         store.commit(t, random_state(tiny_base, t, seed=30 + i, tokens=(f"<{t}>",), density=0.02, scale=0.3), parent=None)
     store.commit("foreign", random_state(tiny_base, "foreign", 40, base_id="0123456789abcdef"), parent=None)
     cfg = ServingConfig(
-        store=root, torch_threads=1, num_cpus=0.5, default_steps=2, max_steps=8, max_n=2, read_env_keys=False,
+        store=root, torch_threads=1, num_cpus=0.5, default_steps=2, max_steps=999, max_request_cost=999 * 32 * 32, max_n=2,
+        read_env_keys=False,
         api_keys={hash_key(key(t)): t for t in (*TENANTS, "foreign", "fresh")}, fault_marker=FAULT,
         batch_mode="mixed", max_batch_size=8, batch_wait_timeout_s=0.2,
     )
@@ -51,7 +52,7 @@ def app(ray_local, tiny_base, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name="cns-mixed", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=180)
-    yield {"client": client, "gen": serve.get_deployment_handle("Generator", app_name="cns-mixed")}
+    yield {"client": client, "gen": serve.get_deployment_handle("Generator", app_name="cns-mixed"), "port": port}
     client.close()
     serve.shutdown()
 
@@ -93,6 +94,40 @@ def test_mixed_tenants_share_calls_and_match_alone(app, tiny_base):
     calls = stats["batches"] - calls_alone
     assert calls <= len(jobs) / 2, calls  # requests of different tenants shared pipeline calls (8 in flight)
     assert gen.weights_digest.remote().result() == before  # nothing was ever written
+
+
+def test_metrics_show_mixed_batch_sizes(app):
+    text = app["client"].get("/metrics").text
+    sizes = {int(ln.split('size="')[1].split('"')[0]): float(ln.split()[-1]) for ln in text.splitlines()
+             if ln.startswith("cns_batch_size_total{")}
+    assert sizes and max(sizes) > 1, sizes  # the concurrent load above shared pipeline calls
+
+
+def test_an_abandoned_request_stops_in_the_denoising_loop(app):
+    """Mixed mode: the client goes away mid-generation; its call stops, and the next request is served."""
+    import json
+    import socket
+    import time
+
+    gen = app["gen"]
+    before = gen.stats.remote().result()
+    body = json.dumps({"prompt": "a <m1> shape", "steps": 999, "seed": 1}).encode()
+    s = socket.create_connection(("127.0.0.1", app["port"]), timeout=60)
+    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Authorization: Bearer " + key("m1").encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    for _ in range(600):  # bounded: until the generator runs it
+        if gen.stats.remote().result()["steps"] > before["steps"]:
+            break
+        time.sleep(0.1)
+    s.close()
+    for _ in range(600):
+        if gen.stats.remote().result()["cancelled"] > before["cancelled"]:
+            break
+        time.sleep(0.1)
+    assert post(app["client"], "m2", "a <m2> shape", 1).status_code == 200
+    after = gen.stats.remote().result()
+    assert after["cancelled"] == before["cancelled"] + 1 and after["ok"] == before["ok"] + 1
+    assert after["steps"] - before["steps"] < 999
 
 
 def test_a_failing_call_fails_its_requests_and_leaves_the_replica_clean(app):
