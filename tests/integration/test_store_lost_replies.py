@@ -71,3 +71,14 @@ def test_head_check_is_a_conditional_get(proxy, store):
     assert check.headers.get("If-None-Match") and check.status == 304 and check.body_bytes == 0
     store.commit("acme", make_state("acme", ("rex", "cat"), seed=1), parent=1)
     assert reader.head("acme") == 2  # a moved head is seen at once
+
+
+def test_every_reply_of_the_head_move_lost_still_keeps_the_commit(proxy, store):
+    """botocore gives up (no reply ever came): the head is re-read, and it shows the commit landed."""
+    store.commit("acme", make_state("acme"), parent=None)
+    proxy.drop_reply("PUT", "/tenants/acme/head.json", times=100)
+    second = make_state("acme", ("rex", "cat"), seed=1)
+    assert store.commit("acme", second, parent=1) == 2
+    assert len(_dropped(proxy, "head.json")) >= 2  # the first try and botocore's retries
+    assert_same_state(ConceptStore(StoreConfig(uri=store.uri())).load("acme"), second)
+    assert store.verify() == []
