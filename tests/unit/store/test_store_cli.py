@@ -10,9 +10,10 @@ from cns_ray.cli import main
 @pytest.mark.parametrize(
     "argv, expect",
     [
-        (["concepts", "--help"], ["list", "show", "history", "rollback", "delete", "export"]),
+        (["concepts", "--help"], ["list", "show", "history", "rollback", "delete", "purge", "export"]),
         (["concepts", "rollback", "--help"], ["--tenant", "--store", "VERSION"]),
-        (["store", "--help"], ["verify", "tenants"]),
+        (["store", "--help"], ["verify", "gc", "tenants"]),
+        (["store", "gc", "--help"], ["--keep-last", "--grace-hours", "--dry-run"]),
         (["store", "verify", "--help"], ["--store", "--json"]),
     ],
 )
