@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 WORKING_DIR_EXCLUDES = [
     ".git", ".venv", ".ci", "cns-store", "cns-out", "outputs", "docs", "tests", "benchmarks", "*.egg-info",
-    "**/__pycache__", "*.pt", ".pytest_cache",
+    "**/__pycache__", "*.pt", ".pytest_cache", "cns_ray/data/eval",
 ]
-"""What a learning job does not need from the repository (Ray's ``excludes``, gitignore syntax)."""
+"""What a learning job does not need from the repository (Ray's ``excludes``, gitignore syntax): the quality harness's
+shipped weights (``cns_ray/data/eval``) included; the base models in ``cns_ray/data/base`` travel."""
 _SECRET = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY|(^|_)KEY(_|$)", re.I)
 
 
