@@ -54,6 +54,9 @@ class GeneratorCore:
         self.base = base or load_base_model(
             config.base_model, device="cuda" if cuda else "cpu", dtype=torch.float16 if cuda else torch.float32
         )
+        from cns_ray.serve.safety import configure_safety_checker
+
+        self.safety_checker = configure_safety_checker(self.base, config.safety_checker)
         self.weights = self.base.target_weights()  # name -> live [out, in]
         self.shapes = self.base.target_shapes()
         if store is None:
