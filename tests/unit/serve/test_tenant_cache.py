@@ -71,3 +71,16 @@ def test_unservable_head_is_refused_with_the_tenant_and_the_fix():
         assert (await slot.current()).version == 1
 
     asyncio.run(run())
+
+
+def test_eviction_is_counted_once():
+    """Serve's multiplexer calls ``__del__`` when it evicts a slot (LRU); garbage collection must not count it again."""
+    import gc
+
+    evicted = []
+    store = FakeStore()
+    slot = TenantSlot("acme", store.load, store.head, 10.0, on_evict=evicted.append)
+    slot.__del__()
+    del slot
+    gc.collect()
+    assert evicted == ["acme"]
