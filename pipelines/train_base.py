@@ -136,6 +136,9 @@ REFERENCE_PROMPTS = (
     "a small plain yellow triangle at the left and a small two-tone purple and orange cross at the right on a grey background",
 )
 REFERENCE_STEPS = 10
+GUARD_EVERY, GUARD_WINDOW, DIVERGED = 250, 100, 1.8
+"""Every GUARD_EVERY steps the mean loss of the last GUARD_WINDOW steps is compared with the last good one's;
+above DIVERGED x, training goes back to that snapshot at half the learning rate."""
 
 
 def reference_images(folder: str | Path):
@@ -162,6 +165,22 @@ def record_reference(folder: Path) -> dict:
     return ref
 
 
+def warm_start(folder: Path, unet, text_encoder, ema_unet, ema_text) -> int:
+    """Load a saved folder's (fp16 EMA) UNet and text encoder into the weights and the EMA; returns its step."""
+    from safetensors.torch import load_file
+
+    for name, models in (("unet/diffusion_pytorch_model.safetensors", (unet, ema_unet)),
+                         ("text_encoder/model.safetensors", (text_encoder, ema_text))):
+        sd = {k: v.float() for k, v in load_file(str(folder / name)).items()}
+        for m in models:
+            missing, unexpected = m.load_state_dict(sd, strict=False)
+            if [k for k in missing if "position_ids" not in k] or unexpected:
+                raise SystemExit(f"--init-from {folder}: {name} does not fit this architecture "
+                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]}): give --channels of that model")
+    meta = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+    return int(meta.get("step", 0))
+
+
 def encode(tokenizer, ids_cache: dict, captions: list[str]) -> torch.Tensor:
     missing = [c for c in captions if c not in ids_cache]
     if missing:
@@ -185,11 +204,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="world scenes rendered once (seeded); captions are re-drawn with word dropout every step")
     p.add_argument("--dropout", type=float, default=0.1, help="caption dropout (for classifier-free guidance)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--channels", type=int, nargs=2, default=(96, 192), help="UNet block widths (default %(default)s)")
+    p.add_argument("--channels", type=int, nargs=2, default=(64, 128), help="UNet block widths (default %(default)s)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; on a shared 2-core machine 2 threads ran 30x slower than 1 (OpenMP spin-waits)")
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--init-from", default=None,
+                   help="a saved model folder (e.g. the shipped one) to continue from when --out holds no training state: "
+                        "its EMA weights start both the weights and the EMA, with a fresh optimizer (the folder keeps no "
+                        "optimizer state: train_state.pt is not shipped)")
     p.add_argument("--record-only", action="store_true", help="only (re)write the reference outputs of --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -218,25 +241,40 @@ def main(argv: list[str] | None = None) -> int:
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
-    step, losses = 0, []
+    step, losses, lr_scale, s0_warm = 0, [], 1.0, 0
     state_file = out / "train_state.pt"
     if state_file.exists():
         st = torch.load(state_file, weights_only=False)
         unet.load_state_dict(st["unet"]), text_encoder.load_state_dict(st["text"])
         ema_unet.load_state_dict(st["ema_unet"]), ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"])
-        step, losses = st["step"], st["losses"]
+        step, losses, lr_scale, s0_warm = st["step"], st["losses"], st.get("lr_scale", 1.0), st.get("s0_warm", 0)
         log.info("resumed from step %d", step)
+    elif args.init_from:
+        step = warm_start(Path(args.init_from), unet, text_encoder, ema_unet, ema_text)
+        s0_warm = step
+        log.info("warm start from %s (its EMA weights, step %d; a fresh optimizer re-warms over %d steps)",
+                 args.init_from, step, args.warmup)
     ema_pairs = list(zip(list(ema_unet.parameters()) + list(ema_text.parameters()), params))
     empty = tokenizer([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids[0]
     ids_cache: dict = {}
     deadline = t_start + args.minutes * 60
     t0, s0 = time.monotonic(), step
 
+    def state_all() -> dict:
+        return {"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+                "ema_text": ema_text.state_dict(), "opt": opt.state_dict()}
+
+    def load_all(st: dict) -> None:
+        unet.load_state_dict(st["unet"]), text_encoder.load_state_dict(st["text"])
+        ema_unet.load_state_dict(st["ema_unet"]), ema_text.load_state_dict(st["ema_text"])
+        opt.load_state_dict(st["opt"])
+
+    snapshot = None
+
     def checkpoint(final: bool = False) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        torch.save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                    "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step, "losses": losses}, state_file)
+        torch.save({**state_all(), "step": step, "losses": losses, "lr_scale": lr_scale, "s0_warm": s0_warm}, state_file)
         meta = {"step": step, "seed": args.seed, "batch": args.batch, "lr": args.lr, "images": args.images,
                 "loss_last100": float(np.mean(losses[-100:])) if losses else None, "final": final}
         save_folder(out, ema_unet, ema_text, tokenizer, vae, scheduler, meta)
@@ -253,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch,), generator=gen)
         noisy = noise_sched.add_noise(x0, noise, t)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * lr_scale * min(1.0, (step + 1 - s0_warm) / args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
         cond = text_encoder(ids)[0]  # [B, T, 128]
@@ -274,6 +312,18 @@ def main(argv: list[str] | None = None) -> int:
             left = min((args.steps - step) * rate, deadline - time.monotonic())
             log.info("step %d loss %.4f (mean25 %.4f) lr %.2e %.2fs/step, ~%.0fs left",
                      step, losses[-1], float(np.mean(losses[-25:])), lr, rate, max(left, 0))
+        if step % GUARD_EVERY == 0 and len(losses) >= 2 * GUARD_WINDOW:
+            recent = float(np.mean(losses[-GUARD_WINDOW:]))
+            if snapshot is not None and recent > DIVERGED * snapshot["mean"]:
+                # a loss blow-up (seen once at step ~1950 with 96/192 channels, lr 1e-3): back to the last good
+                # weights, optimizer and EMA, at half the learning rate
+                lr_scale *= 0.5
+                load_all(snapshot["state"])
+                log.warning("step %d: loss %.4f > %.1fx the last good %.4f (step %d): restored it, lr scale now %.3g",
+                            step, recent, DIVERGED, snapshot["mean"], snapshot["step"], lr_scale)
+            elif snapshot is None or recent <= 1.2 * snapshot["mean"]:
+                snapshot = {"mean": min(recent, snapshot["mean"]) if snapshot else recent, "step": step,
+                            "state": copy.deepcopy(state_all())}
         if step % args.save_every == 0:
             checkpoint()
     checkpoint(final=True)
