@@ -103,7 +103,7 @@ def bench_http(args, base) -> list[list]:
         for mode in ("swap", "mixed"):
             cfg = ServingConfig(store=tmp, torch_threads=1, num_cpus=0.5, replicas=1, default_steps=STEPS,
                                 default_guidance=GUIDANCE, api_keys=keys, read_env_keys=False, batch_mode=mode,
-                                max_batch_size=8, batch_wait_timeout_s=0.01,
+                                max_batch_size=8, batch_wait_timeout_s=0.01, max_in_flight_per_tenant=64,
                                 scheduler_name=f"bench-sched-{uuid.uuid4().hex[:6]}")
             serve.run(build_app(cfg), name="cns-bench-batch", route_prefix="/")
             gen = serve.get_deployment_handle("Generator", app_name="cns-bench-batch")

@@ -257,6 +257,7 @@ def bench_http(args, base, n_tenants: int) -> tuple[list[list], list[list], str]
     def config(max_tenants: int) -> ServingConfig:
         return ServingConfig(store=tmp, base_model=BENCH_BASE_MODEL, torch_threads=args.torch_threads, num_cpus=0.5,
                              replicas=1, default_steps=STEPS, max_tenants_per_replica=max_tenants, api_keys=keys, read_env_keys=False,
+                             max_in_flight_per_tenant=64,  # throughput, not per-tenant fairness, is measured here
                              scheduler_name=f"bench-sched-{uuid.uuid4().hex[:6]}")
 
     init_ray("local", num_cpus=2)
