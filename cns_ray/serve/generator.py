@@ -106,7 +106,7 @@ class GeneratorCore:
         return TenantSlot(tenant, self.load_tenant, self.store.head, self.config.refresh_ttl_s, on_evict=self._evicted)
 
     # ---------------------------------------------------------------- outcomes
-    def _failed(self, e: BaseException, tenant: str, request_id: str) -> Failed:
+    def failed(self, e: BaseException, tenant: str, request_id: str) -> Failed:
         self.counters["failed"] += 1  # a RequestCancelledError's cancellation was counted where the caller left
         if isinstance(e, _EXPECTED):
             log.warning("request %s of tenant %s failed: %s: %s", request_id, tenant, type(e).__name__, e)
@@ -146,7 +146,7 @@ class GeneratorCore:
             log.info("request %s of tenant %s cancelled by its caller", request_id, slot.tenant)
             raise
         except Exception as e:  # noqa: BLE001 - any failure is one request's, the replica keeps serving
-            return self._failed(e, slot.tenant, request_id)
+            return self.failed(e, slot.tenant, request_id)
         finally:
             self.queued -= 1
         return self._generated(images, req, served, slot.tenant)
@@ -202,14 +202,14 @@ class GeneratorCore:
                 try:
                     ready.append((i, await slot.current(), req.with_seed()))
                 except TenantUnavailableError as e:
-                    replies[i] = self._failed(e, slot.tenant, rids[i])
+                    replies[i] = self.failed(e, slot.tenant, rids[i])
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(
                 self.worker, self.generate_batch_sync, [(s, r) for _, s, r in ready], [cancels[i] for i, _, _ in ready]
             )
             for (i, served, req), res in zip(ready, results):
                 tenant = pairs[i][0].tenant
-                replies[i] = self._failed(res, tenant, rids[i]) if isinstance(res, BaseException) else self._generated(res, req, served, tenant)
+                replies[i] = self.failed(res, tenant, rids[i]) if isinstance(res, BaseException) else self._generated(res, req, served, tenant)
             return replies  # type: ignore[return-value]
         finally:
             self.queued -= len(pairs)
@@ -270,7 +270,7 @@ class Generator:
                     slot = await self._slot(tenant)
                 except TenantUnavailableError as e:
                     self.core.counters["requests"] += 1
-                    reply = self.core._failed(e, tenant, request_id)
+                    reply = self.core.failed(e, tenant, request_id)
                 else:
                     reply = await self.core.generate(slot, request, cancel, request_id)
         except asyncio.CancelledError:
@@ -292,7 +292,7 @@ class Generator:
                 idx.append(i)
             except TenantUnavailableError as e:
                 self.core.counters["requests"] += 1
-                replies[i] = self.core._failed(e, t, request_ids[i])
+                replies[i] = self.core.failed(e, t, request_ids[i])
         done = await self.core.generate_many(pairs, [cancels[i] for i in idx], [request_ids[i] for i in idx])
         for i, rep in zip(idx, done):
             replies[i] = rep

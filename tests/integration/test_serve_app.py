@@ -71,6 +71,7 @@ def app(ray_local, tiny_base, tmp_path_factory):
         admin_key_sha256=hash_key(ADMIN),
         read_env_keys=False,
         fault_marker=FAULT,
+        max_in_flight_per_tenant=8,  # the load test has 8 requests in flight
         scheduler_name=f"sched-{uuid.uuid4().hex[:8]}",
     )
     port = free_port()

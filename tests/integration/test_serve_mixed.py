@@ -45,7 +45,7 @@ def app(ray_local, tiny_base, tmp_path_factory):
         store=root, torch_threads=1, num_cpus=0.5, default_steps=2, max_steps=999, max_request_cost=999 * 32 * 32, max_n=2,
         read_env_keys=False,
         api_keys={hash_key(key(t)): t for t in (*TENANTS, "foreign", "fresh")}, fault_marker=FAULT,
-        batch_mode="mixed", max_batch_size=8, batch_wait_timeout_s=0.2,
+        batch_mode="mixed", max_batch_size=8, batch_wait_timeout_s=0.2, max_in_flight_per_tenant=8,
     )
     serve.shutdown()  # a Serve left by another module keeps its HTTP port: start ours fresh
     port = free_port()
