@@ -148,6 +148,19 @@ class KeyRing:
         self._refresh()
         return len(self._by_hash) + (1 if self._admin else 0)
 
+    def authenticate_admin(self, authorization: str | None, api_key: str | None) -> None:
+        """Only the admin key passes (operator routes such as ``/metrics``, which name every tenant)."""
+        key = None
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            key = value.strip() if scheme.lower() == "bearer" else None
+        elif api_key:
+            key = api_key.strip()
+        if not key:
+            raise AuthError("missing API key: this route needs the admin key ('Authorization: Bearer <admin key>')")
+        if self._admin is None or not secrets.compare_digest(hash_key(key), self._admin):
+            raise AuthError("this route needs the admin key: it shows every tenant's traffic", 403)
+
     def authenticate(self, authorization: str | None, api_key: str | None, tenant_header: str | None) -> Principal:
         """Resolve ``Authorization: Bearer KEY`` (or ``X-API-Key: KEY``) to a :class:`Principal`."""
         key = None

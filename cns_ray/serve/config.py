@@ -59,6 +59,8 @@ class ServingConfig:
     """A request body must arrive within this many seconds (slow or half-sent bodies get 408 and free their slot)."""
     max_upload_pixels: int = 4096 * 4096
     """Largest uploaded concept image (width x height), checked before it is decoded (decompression bombs)."""
+    public_metrics: bool = False
+    """Serve ``GET /metrics`` without a key. Off: it needs the admin key (its labels name every tenant)."""
     safety_checker: bool = False
     """Run the base folder's safety checker on every image (the folder must ship ``safety_checker/`` and
     ``feature_extractor/``); flagged images are answered blank, as diffusers does. Off by default: see README."""

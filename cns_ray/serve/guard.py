@@ -3,7 +3,7 @@
 In this order, before any route runs and before a byte of the body is read:
 1. a request id (the client's ``X-Request-ID`` if it is short and plain, else a new one), returned on every answer;
 2. the API key (headers only): no key or a bad one is answered 401 at once, so unauthenticated requests never read a
-   body nor hold a request slot;
+   body nor hold a request slot (``/healthz`` is open; ``/metrics`` needs the admin key unless ``public_metrics``);
 3. ``Content-Length`` against the route's limit (413 at once);
 4. the tenant's requests in flight against ``max_in_flight_per_tenant`` (429 + ``Retry-After``).
 Then the body is read through a guarded ``receive``: the whole body must arrive within ``body_timeout_s`` (408) and
@@ -29,6 +29,7 @@ from cns_ray.serve.metrics import Metrics
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = ("/healthz", "/metrics")
+METRICS_PATH = "/metrics"  # public only with ServingConfig.public_metrics; else the admin key
 UPLOAD_ROUTE = ("POST", "/v1/concepts")
 _RID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -111,7 +112,9 @@ class Guard:
 
         counted = False
         try:
-            if path not in PUBLIC_PATHS:
+            if path == METRICS_PATH and not g.cfg.public_metrics:
+                g.keys.authenticate_admin(headers.get("authorization"), headers.get("x-api-key"))
+            elif path not in PUBLIC_PATHS:
                 who = g.keys.authenticate(headers.get("authorization"), headers.get("x-api-key"), headers.get(TENANT_HEADER.lower()))
                 tenant = who.tenant
                 scope["state"]["principal"] = who

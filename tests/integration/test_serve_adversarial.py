@@ -23,6 +23,7 @@ from serve_states import random_state
 pytestmark = pytest.mark.slow
 
 NATIVE = 32
+ADMIN = "adv-admin-key"
 LONG = 999  # denoising steps of a request that would hold the worker for a long time
 
 
@@ -57,6 +58,7 @@ def app(ray_local, tiny_base, tmp_path_factory):
         max_steps=2000, max_n=2, max_request_cost=LONG * NATIVE * NATIVE, max_in_flight_per_tenant=2,
         body_timeout_s=2.0, max_upload_bytes=200_000, max_upload_pixels=256 * 256, learn_steps=1,
         keys_file=str(keys_file), api_keys={hash_key(key(t)): t for t in tenants}, read_env_keys=False,
+        admin_key_sha256=hash_key(ADMIN),
         scheduler_name=f"sched-{uuid.uuid4().hex[:8]}",
     )
     serve.shutdown()  # a Serve left by another module keeps its HTTP port: start ours fresh
@@ -327,7 +329,9 @@ def test_in_process_generate_gives_the_servers_bytes(app, tmp_path):
 def test_metrics_cover_tenants_statuses_cache_and_cancellations(app):
     c = app["client"]
     assert post_gen(c, "b1", steps=1).status_code == 200
-    text = c.get("/metrics").text
+    shape(c.get("/metrics"), 401, "authentication_error")
+    shape(c.get("/metrics", headers=auth("b1")), 403, "permission_denied")  # it names every tenant: admin only
+    text = c.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     assert 'cns_requests_total{route="/v1/images/generations",tenant="b1",status="200"}' in text
     assert 'status="401"' in text and 'status="429"' in text and 'status="422"' in text
     assert 'cns_request_seconds_bucket{route="/v1/images/generations",tenant="b1",le="+Inf"}' in text

@@ -245,7 +245,8 @@ def test_concept_management_routes(app):
     wide = c.post("/v1/images/generations", json={"prompt": "a <cat2>", "size": "64x32", "steps": 1, "response_format": "png"}, headers=h)
     assert wide.status_code == 200, wide.text
     assert _size(wide.content) == (64, 32)  # WIDTHxHEIGHT as asked
-    assert "cns_requests_total" in c.get("/metrics").text
+    assert c.get("/metrics").status_code == 401 and c.get("/metrics", headers=h).status_code == 403  # admin only
+    assert "cns_requests_total" in c.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
 
 
 def test_cns_generate_over_http_writes_the_same_image(app, tmp_path):

@@ -78,7 +78,7 @@ def test_sigterm_drains_in_flight_requests_and_leaves_no_ray_processes(tmp_path)
         t.start()
         with httpx.Client(timeout=60) as c:
             for _ in range(600):  # bounded: until the ingress holds the request
-                if 'cns_in_flight{tenant="demo"} 1' in c.get(f"{url}/metrics").text:
+                if 'cns_in_flight{tenant="demo"} 1' in c.get(f"{url}/metrics", headers=h).text:
                     break
                 time.sleep(0.1)
             else:

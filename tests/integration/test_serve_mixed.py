@@ -45,7 +45,7 @@ def app(ray_local, tiny_base, tmp_path_factory):
         store=root, torch_threads=1, num_cpus=0.5, default_steps=2, max_steps=999, max_request_cost=999 * 32 * 32, max_n=2,
         read_env_keys=False,
         api_keys={hash_key(key(t)): t for t in (*TENANTS, "foreign", "fresh")}, fault_marker=FAULT,
-        batch_mode="mixed", max_batch_size=8, batch_wait_timeout_s=0.2, max_in_flight_per_tenant=8,
+        admin_key_sha256=hash_key("mixed-admin"), batch_mode="mixed", max_batch_size=8, batch_wait_timeout_s=0.2, max_in_flight_per_tenant=8,
     )
     serve.shutdown()  # a Serve left by another module keeps its HTTP port: start ours fresh
     port = free_port()
@@ -97,7 +97,7 @@ def test_mixed_tenants_share_calls_and_match_alone(app, tiny_base):
 
 
 def test_metrics_show_mixed_batch_sizes(app):
-    text = app["client"].get("/metrics").text
+    text = app["client"].get("/metrics", headers={"Authorization": "Bearer mixed-admin"}).text
     sizes = {int(ln.split('size="')[1].split('"')[0]): float(ln.split()[-1]) for ln in text.splitlines()
              if ln.startswith("cns_batch_size_total{")}
     assert sizes and max(sizes) > 1, sizes  # the concurrent load above shared pipeline calls
