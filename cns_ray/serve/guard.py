@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from cns_ray.errors import ApiError, CNSError, RequestTooLargeError
+from cns_ray.errors import ApiError, CNSError, RequestTooLargeError, ServiceUnavailableError, TooManyRequestsError
 from cns_ray.serve.auth import TENANT_HEADER, KeyRing
 from cns_ray.serve.config import ServingConfig
 from cns_ray.serve.http_errors import REQUEST_ID_HEADER, error_bytes, error_parts
@@ -124,13 +124,9 @@ class Guard:
                     raise RequestTooLargeError(f"request body is {length[:20]} bytes, the limit for {method} {path[:100]} is {limit}: "
                                                "send a smaller body (fewer or smaller images)")
                 if g.draining:
-                    from cns_ray.errors import ServiceUnavailableError
-
                     raise ServiceUnavailableError("the endpoint is shutting down: retry in a few seconds (another replica or "
                                                   "the restarted endpoint will answer)")
                 if g.in_flight.get(tenant, 0) >= g.cfg.max_in_flight_per_tenant:
-                    from cns_ray.errors import TooManyRequestsError
-
                     raise TooManyRequestsError(f"tenant {tenant!r} has {g.cfg.max_in_flight_per_tenant} requests in flight, "
                                                "the limit per tenant: wait for one to finish (Retry-After) and retry")
                 g.in_flight[tenant] = g.in_flight.get(tenant, 0) + 1

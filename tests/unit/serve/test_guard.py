@@ -119,3 +119,10 @@ def test_in_flight_cap_per_tenant_is_429_with_retry_after():
 def test_redact_keeps_routes_and_drops_paths():
     msg = http_errors.redact(f"{ROOT}/tenants/a/x.parquet and /home/u/.cache/f; see POST /v1/concepts/rollback", [ROOT])
     assert msg == "<store>/tenants/a/x.parquet and <path>; see POST /v1/concepts/rollback"
+
+
+def test_draining_refuses_new_requests_with_503_and_retry_after():
+    app, state, _ = _app()
+    state.draining = True
+    r = _run(_call(app, "POST", "/echo", json={"a": 1}, headers={"Authorization": "Bearer k1"}))
+    assert "shutting down" in _shape(r, 503, "service_unavailable") and r.headers["retry-after"] == "5"
