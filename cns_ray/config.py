@@ -85,9 +85,17 @@ class LearnerConfig:
     max_failures: int = 2
     """Worker failures tolerated; a failed worker resumes from the last checkpoint."""
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    method: Literal["cns", "cones"] = "cns"
+    """``cns`` (a token embedding + values on concept neurons) or ``cones`` (gradient concept neurons, stored as
+    indices only and shut at serving: cns_ray/cones.py). With cones, ``steps`` are the score-accumulation steps and
+    the learning rates are unused."""
+    cones_ratio: float = 0.01
+    """Cones: at most this fraction of each target layer's weights is shut (top positive ``W * dL/dW``)."""
 
     def __post_init__(self) -> None:
         p: list[str] = []
+        _check(p, self.method in ("cns", "cones"), f"method={self.method!r} must be 'cns' or 'cones'")
+        _check(p, 0.0 < self.cones_ratio <= 1.0, f"cones_ratio={self.cones_ratio} must be in (0, 1], e.g. 0.01")
         _check(p, self.steps is None or self.steps >= 1, f"steps={self.steps} must be >= 1 (or None: the base's default)")
         _check(p, self.token_lr is None or self.token_lr >= 0, f"token_lr={self.token_lr} must be >= 0 (or None)")
         _check(p, self.weight_lr is None or self.weight_lr >= 0, f"weight_lr={self.weight_lr} must be >= 0 (or None)")

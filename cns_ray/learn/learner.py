@@ -410,9 +410,18 @@ def learn_concept(
     base, store, request: ConceptRequest, cfg: LearnerConfig, progress: Progress | None = None, general: Masks | None = None
 ) -> int:
     """Learn ``request`` for all ``cfg.steps`` and commit; ``progress(step, total, loss)`` after each step."""
-    learner = CNSLearner(base, store, request, cfg, general)
+    learner = make_learner(base, store, request, cfg, general)
     while learner.step_index < learner.total_steps:
         loss = learner.step()
         if progress is not None:
             progress(learner.step_index, learner.total_steps, loss)
     return learner.commit()
+
+
+def make_learner(base, store, request: ConceptRequest, cfg: LearnerConfig, general: Masks | None = None, *, rank: int = 0):
+    """The learner of ``cfg.method``: :class:`CNSLearner` or :class:`cns_ray.learn.cones.ConesLearner`."""
+    if cfg.method == "cones":
+        from cns_ray.learn.cones import ConesLearner
+
+        return ConesLearner(base, store, request, cfg, general, rank=rank)
+    return CNSLearner(base, store, request, cfg, general, rank=rank)

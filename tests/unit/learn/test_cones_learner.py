@@ -1,0 +1,96 @@
+"""The Cones learner on the shipped tiny base with a real local store (few steps, 32 px)."""
+
+import contextlib
+import types
+
+import pytest
+import torch
+
+from cns_ray import cones
+from cns_ray.config import LearnerConfig, StoreConfig
+from cns_ray.data import example_concepts
+from cns_ray.learn import ConceptRequest, make_learner
+from cns_ray.learn.cones import ConesLearner
+from cns_ray.learn.learner import _step_seed
+from cns_ray.store import ConceptStore
+
+CFG = LearnerConfig(steps=3, batch_size=2, resolution=32, seed=0, method="cones", cones_ratio=0.02)
+EX = example_concepts()
+
+
+def request(concept, tenant="acme"):
+    folder, word = EX[concept]
+    return ConceptRequest(tenant=tenant, concept=concept, class_word=word, images=str(folder))
+
+
+@pytest.fixture(scope="module")
+def run(tiny_base, tmp_path_factory):
+    store = ConceptStore(StoreConfig(uri=str(tmp_path_factory.mktemp("store"))))
+    before = {n: w.detach().clone() for n, w in tiny_base.target_weights().items()}
+    learner = make_learner(tiny_base, store, request("toy"), CFG)
+    while learner.step_index < learner.total_steps:
+        learner.step()
+    state = learner.result()
+    return types.SimpleNamespace(store=store, learner=learner, state=state, before=before)
+
+
+def test_factory_picks_cones(run):
+    assert isinstance(run.learner, ConesLearner)
+
+
+def test_base_weights_untouched(run, tiny_base):
+    for n, w in tiny_base.target_weights().items():
+        assert torch.equal(w.detach(), run.before[n]), n
+
+
+def test_result_is_index_only_within_budget(run, tiny_base):
+    rec = run.state.concepts[-1]
+    assert rec.method == "cones" and rec.token == "<toy>"
+    assert rec.nnz > 0 and run.state.delta.nnz == 0 and run.state.tokens == {}
+    shapes = tiny_base.target_shapes()
+    for n, idx in rec.neurons.items():
+        numel = shapes[n][0] * shapes[n][1]
+        assert idx.numel() <= cones.layer_budget(numel, CFG.cones_ratio)
+        assert bool((idx[1:] > idx[:-1]).all()) and int(idx[-1]) < numel
+        assert bool((run.learner.scores[n].reshape(-1)[idx] > 0).all())  # only positive W*grad is shut
+
+
+def test_score_is_weight_times_grad_of_one_step(tiny_base, tmp_path):
+    store = ConceptStore(StoreConfig(uri=str(tmp_path)))
+    cfg = LearnerConfig(steps=1, batch_size=1, resolution=32, seed=3, method="cones", augment=False)
+    a = make_learner(tiny_base, store, request("toy"), cfg)
+    a.step()
+    name = sorted(a.scores)[0]
+    # the same step by hand: the module's own weight as the leaf
+    b = make_learner(tiny_base, store, request("toy"), cfg)
+    mod = tiny_base.unet.get_submodule(name)
+    gen = torch.Generator().manual_seed(_step_seed(3, 0, 0))
+    pick = torch.randint(0, len(b.data), (1,), generator=gen)
+    pixels = b.data.batch(pick, gen, False)
+    mod.weight.requires_grad_(True)
+    try:
+        b.start_weights = {name: mod.weight}  # only this layer patched, with the live parameter as leaf
+        b._patched_unet = lambda: contextlib.nullcontext()
+        b._noise_loss(pixels, b.input_ids[pick], gen).backward()
+        want = cones.weight_grad_score(mod.weight, mod.weight.grad)
+    finally:
+        mod.weight.grad = None
+        mod.weight.requires_grad_(False)
+    torch.testing.assert_close(a.scores[name], want, rtol=1e-4, atol=1e-7)
+
+
+def test_resume_repeats_the_sum(run, tiny_base):
+    d = run.learner.state_dict()
+    again = make_learner(tiny_base, run.store, request("toy"), CFG)
+    again.load_state_dict(d)
+    assert again.step_index == 3
+    assert all(torch.equal(again.scores[n], run.learner.scores[n]) for n in run.learner.scores)
+
+
+def test_commit_and_load_keep_method_and_indices(run, tiny_base):
+    v = run.learner.commit()
+    st = run.store.load("acme", v, shapes=tiny_base.target_shapes(), base_id=tiny_base.base_id)
+    rec = st.concept("toy")
+    assert rec.method == "cones"
+    want = run.state.concepts[-1].neurons
+    assert set(rec.neurons) == set(want) and all(torch.equal(rec.neurons[n], want[n]) for n in want)
