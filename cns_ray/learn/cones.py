@@ -145,7 +145,8 @@ class ConesLearner(CNSLearner):
         if not neurons:
             log.warning("Cones concept %r: no weight has a positive score; it shuts nothing", self.request.concept)
         record = ConceptRecord(name=self.request.concept, token=self.token, class_word=self.request.class_word,
-                               neurons=neurons, method="cones", stats=self.stats(neurons))
+                               neurons=neurons, method="cones", stats=self.stats(neurons),
+                               shapes={n: tuple(self.base_weights[n].shape) for n in neurons})
         return TenantState(tenant=self.request.tenant, base_id=self.base.base_id, delta=self.state.delta,
                            tokens=dict(self.state.tokens), concepts=[*self.state.concepts, record])
 

@@ -53,8 +53,8 @@ def semantic_problems(state: TenantState, shapes: dict | None = None, token_dim:
 
 def _coverage_problems(state: TenantState) -> list[str]:
     p = []
-    for layer, d in state.delta.layers.items():
-        parts = [c.neurons[layer].long() for c in state.concepts if layer in c.neurons]
+    for layer, d in state.delta.layers.items():  # Cones concepts hold no delta entries: they cover none
+        parts = [c.neurons[layer].long() for c in state.concepts if layer in c.neurons and c.method == "cns"]
         idx = d.index.long()
         outside = int((~torch.isin(idx, torch.cat(parts))).sum()) if parts else int(idx.numel())
         if outside:
@@ -100,7 +100,11 @@ def _concept_problems(state: TenantState, shapes: dict | None = None) -> list[st
                 p.append(f"concept {c.name!r}: neurons on layer {layer!r}, which is not a target layer of this base "
                          f"({len(shapes)} target layers): the state was made for another base model")
                 continue
-            p.extend(_neuron_problems(c.name, layer, idx, (shapes or {}).get(layer) or state.delta.shapes.get(layer)))
+            shape = (shapes or {}).get(layer) or state.delta.shapes.get(layer) or c.shapes.get(layer)
+            if shapes is not None and c.shapes.get(layer) is not None and tuple(c.shapes[layer]) != tuple(shapes[layer]):
+                p.append(f"concept {c.name!r} layer {layer!r}: recorded shape {tuple(c.shapes[layer])}, the base's is "
+                         f"{tuple(shapes[layer])}: the concept was made for another base model")
+            p.extend(_neuron_problems(c.name, layer, idx, shape))
     return p
 
 
@@ -120,10 +124,13 @@ def _neuron_problems(name: str, layer: str, idx: torch.Tensor, shape) -> list[st
 
 
 def drop_for_concept(rec: ConceptRecord, rest: list[ConceptRecord]) -> dict[str, torch.Tensor]:
-    """The concept's neurons that none of ``rest`` covers: the delta entries deleting it resets (layer -> indices)."""
+    """The concept's neurons that none of ``rest`` covers: the delta entries deleting it resets (layer -> indices).
+    A Cones concept has no delta entries (nothing to reset); only CNS concepts cover entries."""
     drop = {}
+    if rec.method == "cones":
+        return drop
     for layer, idx in rec.neurons.items():
-        covered = [c.neurons[layer] for c in rest if layer in c.neurons]
+        covered = [c.neurons[layer] for c in rest if layer in c.neurons and c.method == "cns"]
         idx = idx.long()
         if covered:
             idx = idx[~torch.isin(idx, torch.cat(covered).long())]

@@ -6,6 +6,10 @@
 - tokens.parquet: ``token`` (string), ``embedding`` (fixed-size list of float32).
 - concepts.parquet: name, token, class_word, method, neurons (list of {layer, index: list<uint32>}), stats (JSON),
   version_added.
+- cones.parquet (only in versions with Cones concepts): one row per (concept, layer): ``concept``, ``layer``,
+  ``count``, ``k``, ``code`` (the layer's sorted indices as Rice-coded gaps, :mod:`cns_ray.store.gapcode`); file
+  metadata: the Cones concepts' names and each row's layer shape. Such a concept's ``neurons`` in concepts.parquet
+  are empty (the indices are stored once, here).
 - general masks: ``layer``, ``out``, ``in``, ``bits`` (bit-packed bool mask, :func:`cns_ray.neurons.pack_mask`).
 
 Decoders raise :class:`CorruptStateError` naming ``source`` for unreadable/inconsistent files, and
@@ -26,6 +30,7 @@ import torch
 from cns_ray.delta import LayerDelta, SparseDelta
 from cns_ray.errors import CorruptStateError, DeltaValidationError, InvalidNameError
 from cns_ray.neurons import pack_mask, unpack_mask
+from cns_ray.store import gapcode
 from cns_ray.store.names import validate_name, validate_token
 from cns_ray.store.state import METHODS, ConceptRecord
 
@@ -203,7 +208,9 @@ _NEURONS = pa.list_(pa.struct([("layer", pa.string()), ("index", pa.list_(pa.uin
 
 
 def encode_concepts(concepts: list[ConceptRecord]) -> bytes:
+    """concepts.parquet; a Cones concept's neurons are left out here (they go to :func:`encode_cones`)."""
     rows = [
+        [] if c.method == "cones" else
         [{"layer": n, "index": c.neurons[n].detach().cpu().numpy().astype(np.uint32)} for n in sorted(c.neurons)]
         for c in concepts
     ]
@@ -253,6 +260,82 @@ def decode_concepts(data: bytes, source: str = "concepts.parquet") -> list[Conce
         out.append(ConceptRecord(name=name, token=cols["token"][i], class_word=cols["class_word"][i], neurons=rec,
                                  method=cols["method"][i], stats=stats, version_added=added[i]))
     return out
+
+
+# ------------------------------------------------------------------ cones (indices only)
+def has_cones(concepts: list[ConceptRecord]) -> bool:
+    return any(c.method == "cones" for c in concepts)
+
+
+def encode_cones(concepts: list[ConceptRecord]) -> bytes:
+    """cones.parquet of the Cones concepts among ``concepts``: indices only, Rice-coded gaps per (concept, layer)."""
+    rows = {"concept": [], "layer": [], "count": [], "k": [], "code": []}
+    shapes, names = [], []
+    for c in concepts:
+        if c.method != "cones":
+            continue
+        names.append(c.name)
+        for layer in sorted(c.neurons):
+            if layer not in c.shapes:
+                raise CorruptStateError(f"Cones concept {c.name!r} has neurons on layer {layer!r} but no layer shape: "
+                                        "the learner records ConceptRecord.shapes; relearn the concept")
+            n, k, code = gapcode.encode(c.neurons[layer].detach().cpu().numpy())
+            for key, v in (("concept", c.name), ("layer", layer), ("count", n), ("k", k), ("code", code)):
+                rows[key].append(v)
+            shapes.append(list(c.shapes[layer]))
+    table = pa.table({
+        "concept": pa.array(rows["concept"], pa.string()), "layer": pa.array(rows["layer"], pa.string()),
+        "count": pa.array(rows["count"], pa.uint32()), "k": pa.array(rows["k"], pa.uint8()),
+        "code": pa.array(rows["code"], pa.binary()),
+    })
+    meta = {"kind": "cones", "schema_version": str(SCHEMA_VERSION), "concepts": names, "shapes": shapes}
+    # no min/max statistics for ``code``: Parquet would copy two whole rows of codes into the footer
+    return _to_bytes(table, meta, use_dictionary=["concept", "layer"], write_statistics=["concept", "layer", "count", "k"])
+
+
+@_guarded
+def decode_cones(data: bytes, source: str = "cones.parquet") -> dict[str, tuple[dict, dict]]:
+    """Cones concept name -> (layer -> sorted unique int64 indices, layer -> shape); every index checked in range of
+    its recorded layer shape."""
+    table, md = _read(data, source, "cones")
+    names = _json(md, "concepts", source)
+    shapes = _json(md, "shapes", source)
+    s = pa.types.is_string
+    concept = _column(table, "concept", source, lambda t: s(t) or pa.types.is_dictionary(t)).to_pylist()
+    layer = _column(table, "layer", source, lambda t: s(t) or pa.types.is_dictionary(t)).to_pylist()
+    count = _column(table, "count", source, lambda t: t == pa.uint32()).to_pylist()
+    ks = _column(table, "k", source, lambda t: t == pa.uint8()).to_pylist()
+    code = _column(table, "code", source, pa.types.is_binary).to_pylist()
+    if not isinstance(names, list) or len(shapes) != table.num_rows:
+        raise CorruptStateError(f"{source}: metadata names {len(shapes)} layer shapes for {table.num_rows} rows; {FIX}")
+    out: dict[str, tuple[dict, dict]] = {n: ({}, {}) for n in names}
+    for i in range(table.num_rows):
+        c, ln, shape = concept[i], layer[i], tuple(int(x) for x in shapes[i])
+        if c not in out or ln in out[c][0] or len(shape) != 2:
+            raise CorruptStateError(f"{source}: row {i} (concept {c!r}, layer {ln!r}) is not a new layer of a listed "
+                                    f"Cones concept with a 2-D shape; {FIX}")
+        try:
+            idx = gapcode.decode(count[i], ks[i], code[i], shape[0] * shape[1])
+        except ValueError as e:
+            raise CorruptStateError(f"{source}: indices of concept {c!r} layer {ln!r} (shape {shape}): {e}; {FIX}") from e
+        out[c][0][ln] = torch.from_numpy(idx)
+        out[c][1][ln] = shape
+    return out
+
+
+def attach_cones(concepts: list[ConceptRecord], cones: dict[str, tuple[dict, dict]] | None, source: str) -> list[ConceptRecord]:
+    """Give each Cones concept of concepts.parquet its indices from cones.parquet. ``None`` (the version has no
+    cones.parquet): records are kept as read (versions from before that file kept any indices in concepts.parquet)."""
+    if cones is None:
+        return concepts
+    listed = [c.name for c in concepts if c.method == "cones"]
+    if sorted(listed) != sorted(cones):
+        raise CorruptStateError(f"{source}: Cones concepts {sorted(listed)} in concepts.parquet but {sorted(cones)} in "
+                                f"cones.parquet; {FIX}")
+    for c in concepts:
+        if c.method == "cones":
+            c.neurons, c.shapes = cones[c.name]
+    return concepts
 
 
 # ------------------------------------------------------------------ general masks

@@ -30,7 +30,7 @@ from cns_ray.store import codec
 from cns_ray.store.backend import KeyExists, PreconditionFailed
 from cns_ray.store.checks import check_state
 from cns_ray.store.head import HeadRecord, ranges_has, ranges_text
-from cns_ray.store.manifest import VERSION_FILES, Manifest, VersionEntry, file_digest, now_iso
+from cns_ray.store.manifest import CONES_FILE, Manifest, VersionEntry, file_digest, now_iso
 from cns_ray.store.names import validate_name
 from cns_ray.store.state import TenantState
 
@@ -83,7 +83,9 @@ def commit_state(store: "ConceptStore", tenant: str, state: TenantState, parent:
     concepts = [c if c.version_added is not None else replace(c, version_added=v) for c in state.concepts]
     files = {"delta.parquet": codec.encode_delta(state.delta, store.cfg.value_dtype),
              "tokens.parquet": codec.encode_tokens(state.tokens), "concepts.parquet": codec.encode_concepts(concepts)}
-    for f in VERSION_FILES:
+    if codec.has_cones(concepts):  # only then: versions without Cones concepts keep the three-file layout
+        files[CONES_FILE] = codec.encode_cones(concepts)
+    for f in files:
         try:
             store._backend.put_once(store._vkey(tenant, v, f), files[f])
         except KeyExists as e:

@@ -16,7 +16,7 @@ from cns_ray.store.backend import open_backend
 from cns_ray.store.commit import MARKER, read_marker
 from cns_ray.store.head import HeadRecord, ranges_has, ranges_iter
 from cns_ray.store.layout import layout_problems
-from cns_ray.store.manifest import VERSION_FILES, VersionEntry, file_digest, now_iso
+from cns_ray.store.manifest import CONES_FILE, VersionEntry, file_digest, now_iso, version_files
 from cns_ray.store.names import validate_name
 from cns_ray.store.state import TenantState
 
@@ -56,7 +56,7 @@ def load_export(src_dir: str) -> TenantState:
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptStateError(f"{src.uri('manifest.json')} is not a cns export manifest ({e})") from e
     data = {}
-    for f in VERSION_FILES:
+    for f in version_files(entry):
         data[f] = src.get(f)
         if file_digest(data[f]) != entry.files.get(f):
             raise CorruptStateError(f"{src.uri(f)} does not match the export's manifest (size/sha256): it is truncated or altered")
@@ -64,7 +64,10 @@ def load_export(src_dir: str) -> TenantState:
         tenant=ex["tenant"], base_id=entry.base_id,
         delta=codec.decode_delta(data["delta.parquet"], src.uri("delta.parquet")),
         tokens=codec.decode_tokens(data["tokens.parquet"], src.uri("tokens.parquet")),
-        concepts=codec.decode_concepts(data["concepts.parquet"], src.uri("concepts.parquet")),
+        concepts=codec.attach_cones(
+            codec.decode_concepts(data["concepts.parquet"], src.uri("concepts.parquet")),
+            codec.decode_cones(data[CONES_FILE], src.uri(CONES_FILE)) if CONES_FILE in data else None,
+            src.uri(CONES_FILE)),
         version=entry.version,
     )
 

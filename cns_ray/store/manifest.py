@@ -17,6 +17,14 @@ from cns_ray.errors import CorruptStateError, NotFoundError
 MANIFEST_SCHEMA = 1
 RECORD_SCHEMA = 1
 VERSION_FILES = ("delta.parquet", "tokens.parquet", "concepts.parquet")
+"""Files every version has."""
+CONES_FILE = "cones.parquet"
+"""Only in versions holding Cones concepts (their index sets); versions before Cones never have it."""
+
+
+def version_files(entry: "VersionEntry") -> tuple[str, ...]:
+    """The files of this version: :data:`VERSION_FILES`, plus :data:`CONES_FILE` where its record lists it."""
+    return VERSION_FILES + ((CONES_FILE,) if CONES_FILE in entry.files else ())
 
 
 def now_iso() -> str:

@@ -29,6 +29,9 @@ class ConceptRecord:
     """JSON-serialisable (steps, final_loss, n_images, seconds, ...)."""
     version_added: int | None = None
     """The version that first held this concept (set by the store on commit)."""
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Cones: ``[out, in]`` of each layer in ``neurons`` (kept in cones.parquet; a CNS concept's layers are the
+    delta's). Lets a commit check the indices in range without the base at hand."""
 
     @property
     def nnz(self) -> int:

@@ -7,6 +7,7 @@ Layout under the store root (a folder or ``s3://bucket/prefix``)::
     tenants/{tenant}/versions/{v}/commit.json    the commit's claim on number v: commit id + lease
     tenants/{tenant}/versions/{v}/version.json   the version record: parent, base, concepts, files' sizes + sha256
     tenants/{tenant}/versions/{v}/{delta,tokens,concepts}.parquet
+    tenants/{tenant}/versions/{v}/cones.parquet  only with Cones concepts: their index sets (Rice-coded gaps)
     tenants/{tenant}/manifest.json               legacy (before head.json): read, migrated on the next write
     uploads/{tenant}/{id}/                       images sent to the HTTP learn route
     checkpoints/{tenant}/{run}/                  Ray Train checkpoints of running learning jobs
@@ -31,7 +32,7 @@ from cns_ray.store.backend import NOT_MODIFIED, Backend, open_backend
 from cns_ray.store.checks import drop_for_concept, semantic_problems
 from cns_ray.store.commit import RECORD, commit_state, rollback_head
 from cns_ray.store.head import HeadRecord, ranges_has, ranges_iter, ranges_text
-from cns_ray.store.manifest import VERSION_FILES, Manifest, VersionEntry, file_digest
+from cns_ray.store.manifest import CONES_FILE, Manifest, VersionEntry, file_digest, version_files
 from cns_ray.store.names import validate_name
 from cns_ray.store.state import TenantState, VersionInfo
 
@@ -175,10 +176,12 @@ class ConceptStore:
         """The state of one version record (see :meth:`load`)."""
         files = self.read_version_files(tenant, entry)
         v = entry.version
-        src = {f: self._backend.uri(self._vkey(tenant, v, f)) for f in VERSION_FILES}
+        src = {f: self._backend.uri(self._vkey(tenant, v, f)) for f in files}
         delta = codec.decode_delta(files["delta.parquet"], src["delta.parquet"])
         tokens = codec.decode_tokens(files["tokens.parquet"], src["tokens.parquet"])
         concepts = codec.decode_concepts(files["concepts.parquet"], src["concepts.parquet"])
+        cones = codec.decode_cones(files[CONES_FILE], src[CONES_FILE]) if CONES_FILE in files else None
+        concepts = codec.attach_cones(concepts, cones, src.get(CONES_FILE, src["concepts.parquet"]))
         where = f"tenant {tenant!r} version {v} ({self.uri('tenants', tenant, 'versions', str(v))})"
         mismatch = []
         if delta.base_id != entry.base_id:
@@ -201,9 +204,9 @@ class ConceptStore:
         return state
 
     def read_version_files(self, tenant: str, entry: VersionEntry) -> dict[str, bytes]:
-        """The version's three files, each checked against the record's size and sha256."""
+        """The version's files (three, four with Cones concepts), each checked against the record's size and sha256."""
         out = {}
-        for f in VERSION_FILES:
+        for f in version_files(entry):
             key = self._vkey(tenant, entry.version, f)
             try:
                 data = self._backend.get(key)

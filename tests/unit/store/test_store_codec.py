@@ -80,8 +80,10 @@ def test_tokens_concepts_masks_round_trip():
     state = make_state("acme", ("rex", "cat"))
     tokens = codec.decode_tokens(codec.encode_tokens(state.tokens))
     assert sorted(tokens) == sorted(state.tokens) and all(torch.equal(tokens[t], state.tokens[t]) for t in tokens)
-    state.concepts[1].method, state.concepts[1].version_added = "cones", 3
-    got = codec.decode_concepts(codec.encode_concepts(state.concepts))
+    state.concepts[1].method, state.concepts[1].version_added, state.concepts[1].shapes = "cones", 3, dict(SHAPES)
+    # a Cones concept's indices travel in cones.parquet, not in concepts.parquet
+    got = codec.attach_cones(codec.decode_concepts(codec.encode_concepts(state.concepts)),
+                             codec.decode_cones(codec.encode_cones(state.concepts)), "cones.parquet")
     for g, w in zip(got, state.concepts):
         assert (g.name, g.token, g.class_word, g.method, g.stats, g.version_added) == (
             w.name, w.token, w.class_word, w.method, w.stats, w.version_added)
