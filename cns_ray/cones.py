@@ -30,6 +30,7 @@ from typing import Iterable, Mapping
 import torch
 
 from cns_ray.delta import LayerDelta, SparseDelta
+from cns_ray.errors import DeltaValidationError
 
 Indices = dict[str, torch.Tensor]  # stable layer name -> sorted unique int64 flat indices into [out * in]
 
@@ -94,9 +95,23 @@ def union(sets: Iterable[Mapping[str, torch.Tensor]]) -> Indices:
 def shut_delta(weights: Mapping[str, torch.Tensor], indices: Mapping[str, torch.Tensor], base_id: str) -> SparseDelta:
     """The served change of shutting ``indices``: ``-W`` there (``W + delta == 0`` exactly), in ``W``'s dtype/device.
 
-    ``weights`` are the values the shut applies to (the base's). Indices must be sorted, unique and in range: callers
-    validate them first (the returned delta's :meth:`SparseDelta.validate` checks again before any write).
+    ``weights`` are the values the shut applies to (the base's). Raises :class:`DeltaValidationError` listing every
+    layer whose indices are not sorted, unique and in range, or that is not in ``weights``; nothing is written here.
     """
+    problems = []
+    for name, idx in indices.items():
+        if name not in weights:
+            problems.append(f"Cones neurons on layer {name!r}, which is not a target layer of this base "
+                            f"({len(weights)} targets): the concept was made for another base model")
+            continue
+        numel = weights[name].numel()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
+            problems.append(f"layer {name!r}: Cones index {int(idx.max())} (min {int(idx.min())}), the layer has {numel} "
+                            "entries: the concept was made for another base model or is corrupt; relearn or roll back")
+        if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+            problems.append(f"layer {name!r}: Cones indices are not sorted unique (use cones.union)")
+    if problems:
+        raise DeltaValidationError(problems, source="Cones neurons to shut")
     shapes, layers = {}, {}
     for name, idx in indices.items():
         w = weights[name]  # [out, in]

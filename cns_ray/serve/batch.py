@@ -128,19 +128,22 @@ def generate_batch(
         raise InputError("generate_batch needs a seed per request: call GenerationRequest.with_seed() first")
     height, width, steps, guidance = keys.pop()
     dtype, device = pipe.unet.dtype, pipe.unet.device
-    per_tenant: dict[int, dict[str, SampleDelta]] = {}
+    per_tenant: dict[tuple, dict[str, SampleDelta]] = {}  # (tenant state, Cones concepts named) -> gather form
     cond, uncond, latents, deltas = [], [], [], []
     for served, req in items:
-        if id(served) not in per_tenant:
-            per_tenant[id(served)] = sample_deltas(served.delta, weights, base.base_id)
-        c = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.prompt, served.tokens)  # [1, T, D]
-        u = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.negative_prompt, served.tokens)  # [1, T, D]
+        prompt, named = served.cones_in(req.prompt)  # as the swap path: Cones neurons shut (-W c), shut wins
+        negative, _ = served.cones_in(req.negative_prompt)
+        key = (id(served), tuple(sorted(named)))
+        if key not in per_tenant:
+            per_tenant[key] = sample_deltas(served.delta_for(named, weights), weights, base.base_id)
+        c = encode_prompt(pipe.tokenizer, pipe.text_encoder, prompt, served.tokens)  # [1, T, D]
+        u = encode_prompt(pipe.tokenizer, pipe.text_encoder, negative, served.tokens)  # [1, T, D]
         shape = (req.n, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
         gen = torch.Generator(device="cpu").manual_seed(int(req.seed))
         latents.append(randn_tensor(shape, generator=gen, device=device, dtype=dtype))  # as the pipeline draws it
         cond.append(c.expand(req.n, -1, -1))
         uncond.append(u.expand(req.n, -1, -1))
-        deltas += [per_tenant[id(served)]] * req.n
+        deltas += [per_tenant[key]] * req.n
     check_not_cancelled(list(cancels))
     callback = step_callback(list(cancels), [r.prompt for _, r in items], steps, fault_marker, on_step)
 

@@ -2,7 +2,10 @@
 
 ``generate_images`` encodes the prompt with the tenant's placeholders (cns_ray.serve.prompts), applies the
 tenant's delta to the shared UNet target weights (gather originals, ``index_add_``), runs the pipeline and
-restores the originals by copying them back, on success, error and cancellation alike. It writes shared weights,
+restores the originals by copying them back, on success, error and cancellation alike. Cones concepts named in the
+prompt (by their placeholder, which is dropped from the text: Cones learns no embedding) have their neurons shut:
+``-W`` is added there on top of the tenant's delta (:func:`cns_ray.cones.with_shut`), so **a shut weight is zero
+whatever the CNS delta says there**; the restore is the same exact copy-back. It writes shared weights,
 so callers run it one at a time per base model (the generator's single worker thread; the CLI's one process).
 """
 
@@ -16,8 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import re
+
 import torch
 
+from cns_ray import cones
 from cns_ray.delta import LayerDelta, SparseDelta, swapped
 from cns_ray.errors import DeltaValidationError, InputError
 from cns_ray.serve.prompts import encode_prompt
@@ -38,6 +44,25 @@ class ServedTenant:
     tokens: dict[str, torch.Tensor]  # placeholder -> [D]
     concepts: list[str] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.monotonic)
+    shut: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """Cones concepts: placeholder -> layer -> int64 flat indices on ``device`` (validated at load)."""
+
+    def cones_in(self, prompt: str) -> tuple[str, list[str]]:
+        """(the prompt without this tenant's Cones placeholders, the placeholders it named, in order)."""
+        if not self.shut:
+            return prompt, []
+        pattern = "|".join(re.escape(t) for t in sorted(self.shut, key=len, reverse=True))  # "<kit2>" before "<kit>"
+        named = re.findall(pattern, prompt)
+        return " ".join(re.sub(pattern, " ", prompt).split()), list(dict.fromkeys(named))
+
+    def delta_for(self, named: list[str], weights: dict[str, torch.Tensor]) -> SparseDelta:
+        """The tenant's delta with the neurons of the Cones concepts ``named`` shut (their union; shut wins)."""
+        if not named:
+            return self.delta
+        unknown = [t for t in named if t not in self.shut]
+        if unknown:
+            raise InputError(f"{unknown} are not Cones concepts of tenant {self.tenant!r} (it has {sorted(self.shut)})")
+        return cones.with_shut(self.delta, weights, cones.union(self.shut[t] for t in named))
 
     @classmethod
     def from_state(cls, state, device: str | torch.device, dtype: torch.dtype) -> "ServedTenant":
@@ -54,7 +79,10 @@ class ServedTenant:
                 source=f"tenant {state.tenant!r} version {state.version}",
             )
         tokens = {t: v.detach().to(device=device, dtype=torch.float32) for t, v in state.tokens.items()}
+        shut = {c.token: {n: i.to(device=device, dtype=torch.int64) for n, i in c.neurons.items()}
+                for c in state.concepts if c.method == "cones"}
         return cls(
+            shut=shut,
             tenant=state.tenant,
             version=state.version,
             delta=SparseDelta(d.base_id, dict(d.shapes), layers),
@@ -113,8 +141,11 @@ def generate_images(
     if req.seed is None:
         raise InputError("generate_images needs a seed: call GenerationRequest.with_seed() first")
     pipe = base.pipeline
-    cond = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.prompt, served.tokens)  # [1, T, D]
-    uncond = encode_prompt(pipe.tokenizer, pipe.text_encoder, req.negative_prompt, served.tokens)  # [1, T, D]
+    prompt, named = served.cones_in(req.prompt)
+    negative, _ = served.cones_in(req.negative_prompt)  # a Cones placeholder there is dropped, shuts nothing
+    delta = served.delta_for(named, weights)
+    cond = encode_prompt(pipe.tokenizer, pipe.text_encoder, prompt, served.tokens)  # [1, T, D]
+    uncond = encode_prompt(pipe.tokenizer, pipe.text_encoder, negative, served.tokens)  # [1, T, D]
     dtype = pipe.unet.dtype
     cancels = [cancel] if cancel is not None else []
     check_not_cancelled(cancels)
@@ -122,7 +153,7 @@ def generate_images(
     generator = torch.Generator(device="cpu").manual_seed(int(req.seed))
     # Entries were validated once when the state was loaded (store.load + ServedTenant.from_state) and are
     # immutable since: per request only base_id, layer names and shapes are re-checked.
-    with swapped(weights, served.delta, base.base_id, check_entries=False):
+    with swapped(weights, delta, base.base_id, check_entries=False):
         out = pipe(
             prompt_embeds=cond.to(dtype),
             negative_prompt_embeds=uncond.to(dtype),
