@@ -42,6 +42,11 @@ def add_learn_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-augment", action="store_true", help="no random flip/crop")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
+    p.add_argument("--method", choices=("cns", "cones"), default=d.method,
+                   help="cns: token + values on concept neurons; cones: gradient concept neurons, stored as indices only "
+                        "and shut when a prompt names the token (default %(default)s)")
+    p.add_argument("--cones-ratio", type=float, default=d.cones_ratio,
+                   help="cones: most of each layer's weights a concept may shut (default %(default)s)")
     p.add_argument("--select-ratio", type=float, default=s.select_ratio, help="CNS select ratio (default %(default)s)")
     p.add_argument("--budget", type=float, default=None, help="cap concept neurons to this fraction of the targets")
     p.add_argument(
@@ -88,6 +93,8 @@ def learn_request_and_config(args: argparse.Namespace):
         cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures,
         selection=SelectionConfig(select_ratio=args.select_ratio, budget=args.budget),
+        method=args.method,
+        cones_ratio=args.cones_ratio,
     )
     return request, cfg
 

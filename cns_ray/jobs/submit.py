@@ -72,6 +72,8 @@ _CFG_FLAGS = {
     "cpus_per_worker": "--cpus-per-worker",
     "max_failures": "--max-failures",
     "resolution": "--resolution",
+    "method": "--method",
+    "cones_ratio": "--cones-ratio",
 }
 
 

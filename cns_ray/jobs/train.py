@@ -320,7 +320,7 @@ def _train_loop(config: dict) -> None:
 
     from cns_ray.jobs.inputs import INPUTS_KEY, materialize_images, recorded_inputs
     from cns_ray.device import train_worker_device
-    from cns_ray.learn import CNSLearner, ConceptRequest
+    from cns_ray.learn import ConceptRequest, make_learner
     from cns_ray.models import load_base_model
     from cns_ray.store import ConceptStore
 
@@ -340,8 +340,9 @@ def _train_loop(config: dict) -> None:
         base = load_base_model(config["base_model"], device=str(device))
         store = ConceptStore(StoreConfig(uri=config["store_uri"]))
         images = materialize_images(request.images, config["store_uri"])
-        general = general_masks(base, store, cfg.selection)  # cached in the store per (base, prompts, ratio)
-        learner = CNSLearner(base, store, replace(request, images=images.path), cfg, general=general, rank=rank)
+        # CNS: general neurons, cached in the store per (base, prompts, ratio); Cones needs none
+        general = general_masks(base, store, cfg.selection) if cfg.method == "cns" else None
+        learner = make_learner(base, store, replace(request, images=images.path), cfg, general=general, rank=rank)
         resumes = _restore(learner)
         grad_sync = _allreduce_mean if world > 1 else None
         total, every = learner.total_steps, cfg.checkpoint_every
