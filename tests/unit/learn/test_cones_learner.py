@@ -94,3 +94,41 @@ def test_commit_and_load_keep_method_and_indices(run, tiny_base):
     assert rec.method == "cones"
     want = run.state.concepts[-1].neurons
     assert set(rec.neurons) == set(want) and all(torch.equal(rec.neurons[n], want[n]) for n in want)
+
+
+def test_shutting_the_selected_neurons_lowers_the_concept_loss(run):
+    """The method's premise, checked on the shipped base: zeroing the selected weights lowers L_con on the
+    concept's own images (fixed timesteps and noise), as the first-order rule predicts."""
+    learner = run.learner
+    neurons = run.state.concepts[-1].neurons
+    before = learner.concept_loss()
+    start = learner.start_weights
+    try:
+        learner.start_weights = {n: w.reshape(-1).index_fill(0, neurons[n].to(w.device), 0).view(w.shape)
+                                 if n in neurons else w for n, w in start.items()}
+        after = learner.concept_loss()
+    finally:
+        learner.start_weights = start
+    assert after < before * 0.95, (before, after)
+
+
+def test_two_learned_cones_concepts_concatenate(tiny_base, tmp_path):
+    from cns_ray.serve.swap import ServedTenant
+
+    store = ConceptStore(StoreConfig(uri=str(tmp_path)))
+    cfg = LearnerConfig(steps=1, batch_size=1, resolution=32, seed=0, method="cones", cones_ratio=0.01)
+    for name in ("toy", "mug"):
+        make_learner(tiny_base, store, request(name), cfg).commit()
+    st = store.load("acme", shapes=tiny_base.target_shapes(), base_id=tiny_base.base_id)
+    assert [(c.name, c.method) for c in st.concepts] == [("toy", "cones"), ("mug", "cones")]
+    served = ServedTenant.from_state(st, "cpu", torch.float32)
+    text, named = served.cones_in("a <toy> toy next to a <mug> mug")
+    assert text == "a toy next to a mug" and named == ["<toy>", "<mug>"]
+    weights = tiny_base.target_weights()
+    d = served.delta_for(named, weights)
+    want = cones.union([st.concept("toy").neurons, st.concept("mug").neurons])
+    assert set(d.layers) == set(want)
+    for n, idx in want.items():
+        assert torch.equal(d.layers[n].index, idx)
+        assert torch.equal(d.layers[n].value, -weights[n].detach().reshape(-1)[idx])
+    assert sum(i.numel() for i in want.values()) > max(st.concept("toy").nnz, st.concept("mug").nnz)
