@@ -118,7 +118,9 @@ def test_two_learned_cones_concepts_concatenate(tiny_base, tmp_path):
     store = ConceptStore(StoreConfig(uri=str(tmp_path)))
     cfg = LearnerConfig(steps=1, batch_size=1, resolution=32, seed=0, method="cones", cones_ratio=0.01)
     for name in ("toy", "mug"):
-        make_learner(tiny_base, store, request(name), cfg).commit()
+        learner = make_learner(tiny_base, store, request(name), cfg)
+        learner.step()
+        learner.commit()
     st = store.load("acme", shapes=tiny_base.target_shapes(), base_id=tiny_base.base_id)
     assert [(c.name, c.method) for c in st.concepts] == [("toy", "cones"), ("mug", "cones")]
     served = ServedTenant.from_state(st, "cpu", torch.float32)
