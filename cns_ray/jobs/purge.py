@@ -71,7 +71,7 @@ def _learn_one(base, store, scratch: str, r: dict, parent: int | None) -> int:
     """One concept's learning, replayed from its stored inputs on the scratch tenant; its inputs recorded again."""
     from cns_ray.jobs.calibrate import general_masks
     from cns_ray.jobs.inputs import INPUTS_KEY, materialize_images
-    from cns_ray.learn import CNSLearner, ConceptRequest
+    from cns_ray.learn import ConceptRequest, make_learner
 
     inp = r["inputs"]
     cfg = LearnerConfig.from_dict(inp["learner"])
@@ -80,7 +80,8 @@ def _learn_one(base, store, scratch: str, r: dict, parent: int | None) -> int:
     with materialize_images(request.images, store.uri()) as images:
         from dataclasses import replace
 
-        learner = CNSLearner(base, store, replace(request, images=images.path), cfg, general_masks(base, store, cfg.selection))
+        general = general_masks(base, store, cfg.selection) if cfg.method == "cns" else None  # Cones needs none
+        learner = make_learner(base, store, replace(request, images=images.path), cfg, general)
         while learner.step_index < learner.total_steps:
             learner.step()
         state = learner.result()

@@ -274,12 +274,14 @@ class Ingress:
         class_word: str = Form(...),
         token: str | None = Form(None),
         steps: int | None = Form(None),
+        method: str = Form("cns"),
         who: Principal = Depends(principal),
     ):
         from cns_ray.serve.learn_route import submit_learning
 
-        job_id = await submit_learning(self.cfg, self.store, who.tenant, images, concept, class_word, token, steps)
-        return JSONResponse({"job_id": job_id, "tenant": who.tenant, "concept": concept}, status_code=202)
+        job_id = await submit_learning(self.cfg, self.store, who.tenant, images, concept, class_word, token, steps,
+                                       method=method)
+        return JSONResponse({"job_id": job_id, "tenant": who.tenant, "concept": concept, "method": method}, status_code=202)
 
     @app.get("/v1/jobs")
     async def list_jobs(self, who: Principal = Depends(principal)):

@@ -16,6 +16,7 @@ import logging
 from cns_ray.errors import ApiError, InputError
 from cns_ray.serve.config import ServingConfig
 from cns_ray.store.names import validate_name, validate_token
+from cns_ray.store.state import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,13 @@ def _learn_on_gpu(cfg: ServingConfig) -> bool:
     return gpus_possible() > 0
 
 
-async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concept: str, class_word: str, token: str | None, steps: int | None) -> str:
+async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concept: str, class_word: str, token: str | None,
+                          steps: int | None, *, method: str = "cns") -> str:
+    """Check the form, save the images, submit the job; ``method``: ``cns`` (default) or ``cones``."""
     from cns_ray.config import LearnerConfig
 
+    if method not in METHODS:
+        raise _api_error(422, "invalid_request", f"method={method[:20]!r} must be one of {list(METHODS)} (default 'cns')")
     try:
         validate_name(concept, "concept")
         token = validate_token(token if token else f"<{concept}>")
@@ -108,7 +113,8 @@ async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concep
     }
     actor = await asyncio.to_thread(scheduler, cfg)
     try:
-        job_id = await actor.submit.remote(request, LearnerConfig(steps=steps, token_lr=None, weight_lr=None, use_gpu=_learn_on_gpu(cfg)).to_dict())  # lrs: the base's
+        job_id = await actor.submit.remote(request, LearnerConfig(steps=steps, token_lr=None, weight_lr=None, use_gpu=_learn_on_gpu(cfg),
+                                                                  method=method).to_dict())  # lrs: the base's
     except (InputError, ValueError) as e:
         raise _api_error(422, "invalid_request", str(e)) from e
     log.info("tenant %s: submitted learning of %s (%d images) as job %s", tenant, concept, len(pngs), job_id)

@@ -44,3 +44,21 @@ def test_concepts_show_and_list_print_the_method(tmp_path, capsys):
     assert info["method"] == "cones" and info["neurons"] == 3
     assert main(["concepts", "list", "--store", uri, "--tenant", "acme"]) == 0
     assert "cones" in capsys.readouterr().out
+
+
+def test_http_learn_refuses_an_unknown_method_before_reading_images():
+    import asyncio
+
+    import pytest
+
+    from cns_ray.errors import ApiError
+    from cns_ray.serve.config import ServingConfig
+    from cns_ray.serve.learn_route import submit_learning
+
+    class NoImages:
+        def __iter__(self):
+            raise AssertionError("images must not be read for a refused method")
+
+    with pytest.raises(ApiError) as e:
+        asyncio.run(submit_learning(ServingConfig(), None, "acme", NoImages(), "kit", "cat", None, 5, method="lora"))
+    assert e.value.status == 422 and "cns" in str(e.value) and "cones" in str(e.value)
