@@ -38,6 +38,8 @@ class TrainConfig:
     """Wall-time budget: the cosine schedule runs on max(step / steps, elapsed / budget), so a slow (shared) CPU
     ends early with the learning rate annealed all the same."""
     ceiling_n: int = 2000
+    init: str | None = None
+    """Continue from the readout in this folder (its weights; a fresh schedule) instead of from scratch."""
 
     def __post_init__(self) -> None:
         from cns_ray.errors import ConfigError
@@ -92,7 +94,13 @@ def train(cfg: TrainConfig):
     from cns_ray.eval.readout import Readout, ReadoutConfig, ReadoutNet, _pixels, readout_loss, scene_labels
 
     torch.manual_seed(cfg.seed)
-    net = ReadoutNet(ReadoutConfig())
+    if cfg.init:
+        from cns_ray.eval.readout import load_readout
+
+        net = load_readout(cfg.init).net.train().requires_grad_(True)
+        log.info("continuing from %s", cfg.init)
+    else:
+        net = ReadoutNet(ReadoutConfig())
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0, ema = time.monotonic(), None
@@ -120,6 +128,14 @@ def train(cfg: TrainConfig):
     return Readout(net), step, time.monotonic() - t0
 
 
+def load_readout_ceilings(folder: str) -> dict | None:
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "ceilings.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.train_readout", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
@@ -130,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes)
     p.add_argument("--ceiling-n", type=int, default=TrainConfig.ceiling_n)
+    p.add_argument("--init", default=None, help="continue from the readout in this folder")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--remeasure", action="store_true", help="only re-measure the ceilings of the readout in --out")
     args = p.parse_args(argv)
@@ -144,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         log.info("re-measured %s: min %.3f", args.out, ceilings["min_accuracy"])
         return 0
     cfg = TrainConfig(args.steps, args.batch, args.lr, noise=args.noise, seed=args.seed, max_minutes=args.max_minutes,
-                      ceiling_n=args.ceiling_n)
+                      ceiling_n=args.ceiling_n, init=args.init)
     readout, steps, seconds = train(cfg)
     ceilings = measure_ceilings(readout, cfg.ceiling_n)
+    before = (load_readout_ceilings(cfg.init) or {}).get("training") if cfg.init else None
     ceilings["training"] = {"steps": steps, "batch": cfg.batch, "seconds": round(seconds), "seed": cfg.seed,
-                            "noise": cfg.noise}
+                            "noise": cfg.noise, "lr": cfg.lr, "continued_from": before}
     readout.save(args.out, ceilings)
     log.info("saved %s; ceilings (min %.3f): %s", args.out, ceilings["min_accuracy"],
              {k: round(v, 3) for k, v in ceilings["accuracy"].items()})
