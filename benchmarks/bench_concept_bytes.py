@@ -32,7 +32,7 @@ def sizes(shapes: dict[str, tuple[int, int]], density: float, seed: int = 0) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--densities", default="0.001,0.01,0.05")
+    p.add_argument("--densities", default="0.001,0.002,0.005,0.01,0.05")
     args = p.parse_args()
     shapes = target_shapes_meta(SD15_UNET_CONFIG)
     print(f"{len(shapes)} layers, {sum(o * i for o, i in shapes.values())} weights")
