@@ -354,3 +354,28 @@ def test_uploads_go_through_the_store_and_verify_checks_the_layout(store):
     store.backend.put("checkpoints/bad name/x", b"x")
     problems = store.verify()
     assert len(problems) == 2 and "junk: not part of the store layout" in problems[0] and "tenant name" in problems[1]
+
+
+# ---------------------------------------------------------------------------------------------- Cones concepts
+def test_cones_concept_commit_export_rollback_delete(store, tmp_path):
+    from cns_ray.store.manifest import CONES_FILE
+
+    from store_data import make_concept
+
+    st = make_state("acme", ("rex",), seed=4)
+    kit = make_concept("kit", 11, density=0.05)
+    kit.method, kit.shapes = "cones", dict(SHAPES)
+    st.concepts.append(kit)
+    v1 = store.commit("acme", st, parent=None)
+    assert CONES_FILE in store.read_version_files("acme", store.version_entry("acme", v1))
+    assert_same_state(store.load("acme", v1, shapes=SHAPES, base_id=BASE), st)
+    exported = load_export(store.export("acme", str(tmp_path / "export"), v1))
+    assert_same_state(exported, st)
+    assert exported.concept("kit").shapes == {n: tuple(s) for n, s in SHAPES.items()}
+    v2 = store.delete_concept("acme", "kit")
+    after = store.load("acme", v2)
+    assert [c.name for c in after.concepts] == ["rex"] and after.delta.nnz == st.delta.nnz
+    assert CONES_FILE not in store.read_version_files("acme", store.version_entry("acme", v2))
+    store.rollback("acme", v1)
+    assert store.load("acme").concept("kit").method == "cones"
+    assert store.verify(shapes=SHAPES, base_id=BASE) == []
