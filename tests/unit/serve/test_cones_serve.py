@@ -116,3 +116,34 @@ def test_out_of_range_index_set_never_touches_weights(tiny_base, served):
     with pytest.raises(DeltaValidationError, match="Cones index"):
         generate_batch(tiny_base, weights, [(bad, GenerationRequest(prompt="<kit>", steps=1, seed=1))])
     assert weights_digest(tiny_base) == before
+
+
+def test_replica_serves_a_stored_cones_concept_and_refuses_one_of_another_base(tiny_base, tmp_path):
+    from cns_ray.config import StoreConfig
+    from cns_ray.errors import CorruptStateError
+    from cns_ray.serve.config import ServingConfig
+    from cns_ray.serve.generator import GeneratorCore
+    from cns_ray.store import ConceptStore, TenantState
+
+    store = ConceptStore(StoreConfig(uri=str(tmp_path)))
+    core = GeneratorCore(ServingConfig(store=str(tmp_path)), base=tiny_base, store=store)
+    good = TenantState.empty("acme", tiny_base.base_id)
+    good.concepts.append(_cones(tiny_base, "kit", 5))
+    store.commit("acme", good, parent=None)
+    served = core.load_tenant("acme")
+    assert set(served.shut) == {"<kit>"}
+    before = weights_digest(tiny_base)
+    req = GenerationRequest(prompt=PROMPT.format("<kit>"), steps=2, seed=3)
+    (swap,) = core.generate_sync(served, req)
+    assert weights_digest(tiny_base) == before
+    (plain,) = core.generate_sync(served, GenerationRequest(prompt=PROMPT.format(""), steps=2, seed=3))
+    assert np.abs(_pixels(swap) - _pixels(plain)).max() > 10
+    # a Cones concept recorded for other layer shapes (another base) is refused at load, before any request
+    other = TenantState.empty("bravo", tiny_base.base_id)
+    rec = _cones(tiny_base, "kit", 5)
+    rec.shapes = {n: (o * 2, i) for n, (o, i) in rec.shapes.items()}
+    other.concepts.append(rec)
+    store.commit("bravo", other, parent=None)
+    with pytest.raises(CorruptStateError, match="another base model"):
+        core.load_tenant("bravo")
+    assert weights_digest(tiny_base) == before
