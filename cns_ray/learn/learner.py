@@ -126,7 +126,7 @@ class CNSLearner:
                 f"tenant {self.request.tenant!r} already has concept {self.request.concept!r}: "
                 "choose another name, or delete it first"
             )
-        if self.token in self.state.tokens:
+        if self.token in self.state.tokens or any(c.token == self.token for c in self.state.concepts):  # Cones: no embedding
             problems.append(f"token {self.token!r} is already used by tenant {self.request.tenant!r}: choose another token")
         if self.token in self.base.tokenizer.get_vocab():
             problems.append(f"token {self.token!r} already exists in the base tokenizer: choose a new one, e.g. '<{self.request.concept}-x>'")

@@ -134,3 +134,14 @@ def test_two_learned_cones_concepts_concatenate(tiny_base, tmp_path):
         assert torch.equal(d.layers[n].index, idx)
         assert torch.equal(d.layers[n].value, -weights[n].detach().reshape(-1)[idx])
     assert sum(i.numel() for i in want.values()) > max(st.concept("toy").nnz, st.concept("mug").nnz)
+
+
+def test_token_of_an_existing_cones_concept_is_refused_before_learning(run, tiny_base):
+    from cns_ray.errors import InputError
+
+    assert run.store.load("acme").concept("toy").method == "cones"  # committed by the test above
+    for method in ("cones", "cns"):
+        folder, word = EX["mug"]
+        req = ConceptRequest(tenant="acme", concept="mug", class_word=word, images=str(folder), token="<toy>")
+        with pytest.raises(InputError, match="already used"):
+            make_learner(tiny_base, run.store, req, LearnerConfig(steps=1, resolution=32, method=method))
