@@ -49,6 +49,19 @@ def _to_bytes(table: pa.Table, meta: dict[str, object], **kwargs) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _to_bytes_lean(table: pa.Table, meta: dict[str, object]) -> bytes:
+    """Like :func:`_to_bytes` with the fixed overhead cut (a Cones concept is a few KB): no embedded Arrow schema
+    (~1 KB; the Parquet types read back the same), no min/max statistics (for a binary column Parquet would copy two
+    whole values into the footer), no dictionaries. The ``cns.*`` metadata is written as Parquet key-value metadata."""
+    md = {b"cns." + k.encode(): (v if isinstance(v, str) else json.dumps(v)).encode() for k, v in meta.items()}
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, compression="zstd", store_schema=False, write_statistics=False,
+                          use_dictionary=False) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata(md)
+    return sink.getvalue().to_pybytes()
+
+
 def _read(data: bytes, source: str, kind: str) -> tuple[pa.Table, dict[str, str]]:
     try:
         table = pq.read_table(pa.BufferReader(data))
@@ -289,8 +302,7 @@ def encode_cones(concepts: list[ConceptRecord]) -> bytes:
         "code": pa.array(rows["code"], pa.binary()),
     })
     meta = {"kind": "cones", "schema_version": str(SCHEMA_VERSION), "concepts": names, "shapes": shapes}
-    # no min/max statistics for ``code``: Parquet would copy two whole rows of codes into the footer
-    return _to_bytes(table, meta, use_dictionary=["concept", "layer"], write_statistics=["concept", "layer", "count", "k"])
+    return _to_bytes_lean(table, meta)
 
 
 @_guarded
