@@ -5,7 +5,11 @@
 Scenes are rendered on the fly (one- and two-object, held-out instances included: the readout is a measuring
 tool). Each image gets a little Gaussian pixel noise (std up to ``--noise``) so that a readout of generated images
 does not hinge on exact flat colours. At the end its per-head accuracy on fresh rendered scenes (a seed training
-never drew) is written to ``ceilings.json`` beside the weights.
+never drew) is written to ``ceilings.json`` beside the weights, with per-concept instance-match ceilings on the
+named concepts' references.
+
+The shipped weights: 952 steps from scratch (17 min), then 809 steps of ``--init`` (``--lr 1e-3 --seed 1
+--max-minutes 11``); both recorded in its ``ceilings.json``.
 """
 
 from __future__ import annotations
