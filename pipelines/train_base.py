@@ -30,6 +30,8 @@ log = logging.getLogger("train_base")
 RESOLUTION = 32
 PATCH = 4
 TEXT_DIM = 128
+WORLD_VERSION = 2
+"""Recorded in training.json: quality tests that need a base trained on this world check it."""
 MAX_TOKENS = 48
 """Prompt length (tokens, with start/end): the longest v2 captions (two objects, every word) take ~40; shorter than
 CLIP's 77 to save compute."""
@@ -111,6 +113,9 @@ def save_folder(out: Path, ema_unet, ema_text, tokenizer, vae, scheduler, meta: 
     pipe = make_pipeline(copy.deepcopy(ema_unet).half(), copy.deepcopy(ema_text).half(), tokenizer, vae, scheduler)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     (tmp / "training.json").write_text(json.dumps(meta, indent=1))
+    from cns_ray.eval.harness import calibration_prompts
+
+    (tmp / "calibration_prompts.txt").write_text("\n".join(calibration_prompts()) + "\n")  # general neurons' prompts
     keep = out / "train_state.pt"
     if keep.exists():
         shutil.move(str(keep), tmp / "train_state.pt")
@@ -141,14 +146,14 @@ GUARD_EVERY, GUARD_WINDOW, DIVERGED = 250, 100, 1.8
 above DIVERGED x, training goes back to that snapshot at half the learning rate."""
 
 
-def reference_images(folder: str | Path):
-    """Images of REFERENCE_PROMPTS (seed i, 10 DDIM steps, guidance 4) from ``folder``, fp32: uint8 [3, R, R, 3]."""
+def reference_images(folder: str | Path, prompts=REFERENCE_PROMPTS):
+    """Images of ``prompts`` (seed i, 10 DDIM steps, guidance 4) from ``folder``, fp32: uint8 [3, R, R, 3]."""
     import cns_ray.models.patch_vae  # noqa: F401  (registers the autoencoder class for from_pretrained)
     from cns_ray.eval.generate import generate
     from cns_ray.models import load_base_model
 
     base = load_base_model(str(folder))
-    imgs = np.concatenate([generate(base, None, {}, p, 1, i, REFERENCE_STEPS, 4.0) for i, p in enumerate(REFERENCE_PROMPTS)])
+    imgs = np.concatenate([generate(base, None, {}, p, 1, i, REFERENCE_STEPS, 4.0) for i, p in enumerate(prompts)])
     return base.base_id, imgs
 
 
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     def checkpoint(final: bool = False) -> None:
         out.mkdir(parents=True, exist_ok=True)
         torch.save({**state_all(), "step": step, "losses": losses, "lr_scale": lr_scale, "s0_warm": s0_warm}, state_file)
-        meta = {"step": step, "seed": args.seed, "batch": args.batch, "lr": args.lr, "images": args.images,
+        meta = {"world": WORLD_VERSION, "channels": list(args.channels), "step": step, "seed": args.seed, "batch": args.batch, "lr": args.lr, "images": args.images,
                 "loss_last100": float(np.mean(losses[-100:])) if losses else None, "final": final}
         save_folder(out, ema_unet, ema_text, tokenizer, vae, scheduler, meta)
         log.info("saved %s at step %d", out, step)

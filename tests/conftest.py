@@ -103,3 +103,4 @@ def ray_local():
     except Exception:
         pass
     ray.shutdown()
+

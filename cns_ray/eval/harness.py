@@ -36,7 +36,8 @@ GENERAL_SEED = 4242
 
 
 def calibration_prompts(n: int = 20) -> list[str]:
-    """World captions used as the calibration prompts of general neurons (the base model's own domain)."""
+    """World captions: the calibration prompts of general neurons that a v2 base ships (``calibration_prompts.txt``,
+    written by ``pipelines.train_base``), i.e. the base model's own domain."""
     return [caption(s) for s in sample_scenes(n, seed=CALIBRATION_SEED)]
 
 
@@ -139,7 +140,9 @@ def run_unit(base, scorer, cfg: EvalConfig, method: str, sequence: str, seed: in
 
     work = Path(workdir or tempfile.mkdtemp(prefix=f"cns-eval-{method}-{sequence}-{seed}-"))
     store = ConceptStore(StoreConfig(uri=str(work / "store")))
-    general_masks = select.general_masks_local(base, calibration_prompts(), SelectionConfig(select_ratio=cfg.select_ratio))
+    # the base's own calibration prompts (a trained toy-world base ships them: its world's captions)
+    general_masks = select.general_masks_local(base, select.load_prompts(base=base),
+                                               SelectionConfig(select_ratio=cfg.select_ratio))
     m = Measure(base, scorer, cfg)
     names = cfg.concepts(sequence)
     concepts = [wc.get_concept(n) for n in names]

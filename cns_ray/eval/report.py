@@ -138,7 +138,8 @@ def curve_png(units: list[dict], references: dict, metric: str, path: Path) -> N
     from PIL import Image, ImageDraw
 
     methods = list(dict.fromkeys(u["method"] for u in units))
-    curves = {m: np.mean([u["first_curve"] for u in units if u["method"] == m], axis=0) for m in methods}
+    curves = {m: np.mean([[d[metric] for d in u["first_curve"]] for u in units if u["method"] == m], axis=0)
+              for m in methods}
     firsts = {u["concepts"][0] for u in units}
     floor = np.mean([references["concepts"][n]["floor"][metric] for n in firsts])
     ceil = np.mean([references["concepts"][n]["ceiling"][metric] for n in firsts])

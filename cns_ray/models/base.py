@@ -30,11 +30,15 @@ TINY_WORLD = "tiny-world"
 TINY_RANDOM = "tiny-random"
 """Random weights built offline from configs (cns_ray/models/tiny.py; 64 px, cross_attention_dim 32): for fast
 tests of the system's mechanics; its images are noise."""
-EMBEDDED_MODELS = (TINY, TINY_WORLD, TINY_RANDOM)
+TINY_V2 = "tiny-v2"
+"""The base being trained on toy world v2 (cns_ray/world; shipped as its latest checkpoint, not yet the default:
+docs/toy-world.md says how far it got and how to continue it with ``pipelines.train_base --init-from``)."""
+EMBEDDED_MODELS = (TINY, TINY_WORLD, TINY_RANDOM, TINY_V2)
 """Specs that name a built-in model rather than a folder: every process (Ray actors, Train workers) loads them
 itself, from the installed package."""
 TINY_FOLDER = ("base", "tiny-world")
 """Where :data:`TINY` lives: ``cns_ray.data.data_path(*TINY_FOLDER)``."""
+TINY_V2_FOLDER = ("base", "tiny-v2")
 
 
 @dataclass
@@ -147,13 +151,17 @@ def load_base_model(
             from cns_ray.data import data_path
 
             path = data_path(*TINY_FOLDER)
+        elif spec == TINY_V2:
+            from cns_ray.data import data_path
+
+            path = data_path(*TINY_V2_FOLDER)
         elif spec.startswith("s3://"):
             from cns_ray.models.s3_cache import sync_folder
 
             synced = sync_folder(spec, cache_dir or default_cache_dir(), variant)
             path, variant = synced.path, synced.variant
         if not (path / "model_index.json").exists():
-            if spec in (TINY, TINY_WORLD):
+            if spec in (TINY, TINY_WORLD, TINY_V2):
                 raise ModelLoadError(
                     f"the shipped base model {spec!r} is missing from the installed package (no model_index.json at "
                     f"{path}): reinstall cns-ray, or give 'tiny-random' (random weights, for tests) or a diffusers folder"

@@ -5,6 +5,7 @@ user's prompt ``a large <rex> circle ...`` draws the instance's palette (exact p
 drawing ``a large circle ...`` draws some other circle. No timing: the numbers are colours."""
 
 import numpy as np
+from world_base import needs_world_v2_base
 
 from cns_ray.config import LearnerConfig, SelectionConfig, StoreConfig
 from cns_ray.eval.generate import generate
@@ -13,6 +14,9 @@ from cns_ray.learn import CNSLearner, ConceptRequest
 from cns_ray.select import general_masks_local
 from cns_ray.store import ConceptStore
 from cns_ray.world import concepts as wc
+
+
+pytestmark = needs_world_v2_base
 
 
 def _palette_fit(images, concept) -> float:
