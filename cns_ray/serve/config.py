@@ -76,8 +76,9 @@ class ServingConfig:
     """Largest total upload of concept images per learn request."""
     max_upload_files: int = 32
     """Most images per learn request."""
-    learn_steps: int = 300
-    """Default learning steps of a learn request (the request may ask for fewer, up to ``max_learn_steps``)."""
+    learn_steps: int | None = None
+    """Default learning steps of a learn request; None = the served base's own default (its ``cns_defaults.json``:
+    tiny 300, a bare folder 500). A request may give its own, up to ``max_learn_steps``."""
     max_learn_steps: int = 2000
     """Most learning steps a learn request may ask for."""
     keys_file: str | None = None
@@ -131,7 +132,7 @@ class ServingConfig:
         check(self.default_guidance >= 0, f"default_guidance={self.default_guidance} must be >= 0")
         check(self.max_upload_bytes >= 1, f"max_upload_bytes={self.max_upload_bytes} must be >= 1")
         check(self.max_upload_files >= 1, f"max_upload_files={self.max_upload_files} must be >= 1")
-        check(1 <= self.learn_steps <= self.max_learn_steps, f"learn_steps={self.learn_steps} must be in [1, max_learn_steps={self.max_learn_steps}]")
+        check(self.learn_steps is None or 1 <= self.learn_steps <= self.max_learn_steps, f"learn_steps={self.learn_steps} must be in [1, max_learn_steps={self.max_learn_steps}]")
         bad = [h for h in self.api_keys if not _is_sha256(h)]
         check(not bad, f"api_keys must map sha256 hex digests (64 hex chars) to tenants; got {len(bad)} other key(s): store hashes, never keys")
         check(

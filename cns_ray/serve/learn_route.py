@@ -92,8 +92,8 @@ async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concep
         raise _api_error(422, "invalid_name", str(e)) from e
     if not class_word.strip() or len(class_word) > 64:
         raise _api_error(422, "invalid_request", f"class_word {class_word[:70]!r} must be 1-64 characters, e.g. 'dog'")
-    steps = cfg.learn_steps if steps is None else steps
-    if not 1 <= steps <= cfg.max_learn_steps:
+    steps = cfg.learn_steps if steps is None else steps  # still None: the base's default, filled by the learner
+    if steps is not None and not 1 <= steps <= cfg.max_learn_steps:
         raise _api_error(422, "invalid_request", f"steps={steps} must be in [1, {cfg.max_learn_steps}]")
     blobs = []
     for f in images:

@@ -83,3 +83,16 @@ def test_versions_are_strict_integers(version):
     with pytest.raises(ValidationError):
         RollbackRequest(version=version)
     assert RollbackRequest(version=2).version == 2
+
+
+def test_learn_requests_default_to_the_served_bases_learning_steps():
+    """No ``learn_steps`` configured and none in the request: the run takes the base's own (tiny ships 300)."""
+    from cns_ray.config import LearnerConfig
+    from cns_ray.jobs.train import resolve_learner_config
+    from cns_ray.serve.config import ServingConfig
+
+    assert ServingConfig().learn_steps is None
+    cfg = resolve_learner_config(LearnerConfig(steps=None, token_lr=None, weight_lr=None), "tiny")
+    assert (cfg.steps, cfg.token_lr, cfg.weight_lr) == (300, 5e-3, 2e-2)
+    with pytest.raises(Exception, match="learn_steps=0"):
+        ServingConfig(learn_steps=0)
