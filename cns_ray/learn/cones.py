@@ -28,10 +28,9 @@ import torch
 from cns_ray import cones
 from cns_ray.config import LearnerConfig
 from cns_ray.errors import CNSError
-from cns_ray.learn.data import ConceptData, load_concept
 from cns_ray.learn.learner import CNSLearner, ConceptRequest, _step_seed
 from cns_ray.learn.sparse_linear import patched_linears
-from cns_ray.store import ConceptRecord, TenantState, validate_name, validate_token
+from cns_ray.store import ConceptRecord, TenantState
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +42,7 @@ class ConesLearner(CNSLearner):
 
     def __init__(self, base, store, request: ConceptRequest, cfg: LearnerConfig, general=None, *, rank: int = 0):
         # ``general`` is accepted for the job's uniform call and unused: Cones has no general-neuron step.
-        self.base, self.store, self.request, self.cfg, self.rank = base, store, request, cfg, rank
-        self.token: str = request.token
-        validate_name(request.tenant, "tenant")
-        validate_name(request.concept, "concept")
-        validate_token(self.token)
-        self.state, self.parent_version = self._start_state()
-        self._check_new()
-        self.device = base.unet.device
-        self.data: ConceptData = load_concept(
-            request.images, request.class_word, self.token, cfg.resolution or base.resolution, request.captions, cfg.augment
-        )
+        self._setup_request(base, store, request, cfg, rank)
         self.text_encoder = base.text_encoder  # read only: no token is added
         self.input_ids = base.tokenizer(
             self.data.captions, padding="max_length", max_length=base.tokenizer.model_max_length,

@@ -76,19 +76,9 @@ class CNSLearner:
         self, base, store, request: ConceptRequest, cfg: LearnerConfig, general: Masks | None = None, *, rank: int = 0,
         masks: Masks | None = None,
     ):
-        self.base, self.store, self.request, self.cfg, self.rank = base, store, request, cfg, rank
         self.explicit_masks = masks
         """Train exactly these entries (name -> bool [out, in]) instead of CNS's selection: baselines (cns_ray.eval)."""
-        self.token: str = request.token  # set by ConceptRequest.__post_init__
-        validate_name(request.tenant, "tenant")
-        validate_name(request.concept, "concept")
-        validate_token(self.token)
-        self.state, self.parent_version = self._start_state()
-        self._check_new()
-        self.device = base.unet.device
-        self.data: ConceptData = load_concept(
-            request.images, request.class_word, self.token, cfg.resolution or base.resolution, request.captions, cfg.augment
-        )
+        self._setup_request(base, store, request, cfg, rank)
         self._setup_text()
         self._setup_weights(general)
         params = [{"params": [self.token_embedding], "lr": cfg.token_lr}]
@@ -132,6 +122,20 @@ class CNSLearner:
             problems.append(f"token {self.token!r} already exists in the base tokenizer: choose a new one, e.g. '<{self.request.concept}-x>'")
         if problems:
             raise InputError("; ".join(problems))
+
+    def _setup_request(self, base, store, request: ConceptRequest, cfg: LearnerConfig, rank: int) -> None:
+        """Names checked, the tenant's current state and parent version, the concept's images and captions."""
+        self.base, self.store, self.request, self.cfg, self.rank = base, store, request, cfg, rank
+        self.token: str = request.token  # set by ConceptRequest.__post_init__
+        validate_name(request.tenant, "tenant")
+        validate_name(request.concept, "concept")
+        validate_token(self.token)
+        self.state, self.parent_version = self._start_state()
+        self._check_new()
+        self.device = base.unet.device
+        self.data: ConceptData = load_concept(
+            request.images, request.class_word, self.token, cfg.resolution or base.resolution, request.captions, cfg.augment
+        )
 
     def _setup_text(self) -> None:
         """Private tokenizer + text encoder with the tenant's earlier tokens and the new one."""
