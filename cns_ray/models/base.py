@@ -31,14 +31,13 @@ TINY_RANDOM = "tiny-random"
 """Random weights built offline from configs (cns_ray/models/tiny.py; 64 px, cross_attention_dim 32): for fast
 tests of the system's mechanics; its images are noise."""
 TINY_V2 = "tiny-v2"
-"""The base being trained on toy world v2 (cns_ray/world; shipped as its latest checkpoint, not yet the default:
-docs/toy-world.md says how far it got and how to continue it with ``pipelines.train_base --init-from``)."""
+"""Alias of :data:`TINY` (the name it had while it was being trained on toy world v2, before it became the
+default): the same shipped folder, the same ``base_id``."""
 EMBEDDED_MODELS = (TINY, TINY_WORLD, TINY_RANDOM, TINY_V2)
 """Specs that name a built-in model rather than a folder: every process (Ray actors, Train workers) loads them
 itself, from the installed package."""
 TINY_FOLDER = ("base", "tiny-world")
 """Where :data:`TINY` lives: ``cns_ray.data.data_path(*TINY_FOLDER)``."""
-TINY_V2_FOLDER = ("base", "tiny-v2")
 
 
 @dataclass
@@ -147,14 +146,10 @@ def load_base_model(
         import cns_ray.models.patch_vae  # noqa: F401  (diffusers only loads component classes already imported)
 
         path = Path(spec)
-        if spec in (TINY, TINY_WORLD):
+        if spec in (TINY, TINY_WORLD, TINY_V2):
             from cns_ray.data import data_path
 
             path = data_path(*TINY_FOLDER)
-        elif spec == TINY_V2:
-            from cns_ray.data import data_path
-
-            path = data_path(*TINY_V2_FOLDER)
         elif spec.startswith("s3://"):
             from cns_ray.models.s3_cache import sync_folder
 
