@@ -30,6 +30,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reg-lambda", type=float, default=d.reg_lambda,
                    help="weight of L_reg for CNS, random and fusion (naive and cns_noreg use 0; default %(default)s)")
     p.add_argument("--select-ratio", type=float, default=d.select_ratio, help="top fraction per row (default %(default)s)")
+    p.add_argument("--cones-steps", type=int, default=d.cones_steps,
+                   help="cones: score-accumulation steps per concept (default %(default)s)")
+    p.add_argument("--cones-ratio", type=float, default=d.cones_ratio,
+                   help="cones: most of each K/V layer a concept shuts (default %(default)s)")
     p.add_argument("--n-gen", type=int, default=d.n_gen, help="images per prompt (default %(default)s)")
     p.add_argument("--gen-steps", type=int, default=d.gen_steps)
     p.add_argument("--prompts", type=int, default=d.prompts_per_concept, help="single-concept prompts per concept")
@@ -58,6 +62,7 @@ def config_from_args(args: argparse.Namespace):
         reg_lambda=args.reg_lambda, select_ratio=args.select_ratio, n_gen=args.n_gen,
         gen_steps=args.gen_steps, prompts_per_concept=args.prompts, seed=args.seed, out_dir=args.out,
         train_seeds=tuple(args.train_seeds), general_prompts=args.general_prompts,
+        cones_steps=args.cones_steps, cones_ratio=args.cones_ratio,
     )
     return quick(cfg) if args.quick else cfg
 

@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass
 
 from cns_ray.errors import ConfigError
 
-METHODS = ("cns", "naive", "random", "cns_noreg", "fusion", "token")
+METHODS = ("cns", "naive", "random", "cns_noreg", "fusion", "token", "cones")
 """CNS; naive sequential fine-tune of all K/V weights; as many random neurons as CNS picks; CNS without L_reg;
 independent per-concept CNS deltas summed at the end (the fusion baseline); the token embedding alone
-(textual-inversion-style, no weights)."""
+(textual-inversion-style, no weights); Cones (gradient concept neurons, indices only, shut when a prompt names the
+concept's token; a two-concept prompt shuts the union: cns_ray/cones.py)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class EvalConfig:
     """Learning seeds: every (method, sequence) is learned once per seed; the table gives mean +- sd over seeds."""
     general_prompts: int = 8
     """World captions (no concepts) whose alignment is measured before and after a tenant's whole sequence."""
+    cones_steps: int = 20
+    """Cones: score-accumulation steps per concept (it learns no values: a few steps of ``W * dL/dW`` suffice;
+    docs/cones.md)."""
+    cones_ratio: float = 0.02
+    """Cones: at most this fraction of each K/V layer is shut per concept."""
     out_dir: str = "eval-out"
     """Where the table (table.md, results.json) and image grids (PNG) go."""
 
@@ -67,12 +73,15 @@ class EvalConfig:
             p.append(f"concepts_per_sequence={self.concepts_per_sequence} must be >= 1 or None")
         if not self.train_seeds or len(set(self.train_seeds)) != len(self.train_seeds):
             p.append(f"train_seeds={self.train_seeds} must be distinct and non-empty")
-        for name in ("steps", "batch_size", "n_ref", "n_gen", "prompts_per_concept", "gen_steps", "general_prompts"):
+        for name in ("steps", "batch_size", "n_ref", "n_gen", "prompts_per_concept", "gen_steps", "general_prompts",
+                     "cones_steps"):
             if getattr(self, name) < 1:
                 p.append(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("token_lr", "weight_lr", "naive_weight_lr"):
             if getattr(self, name) < 0:
                 p.append(f"{name}={getattr(self, name)} must be >= 0")
+        if not 0 < self.cones_ratio <= 1:
+            p.append(f"cones_ratio={self.cones_ratio} must be in (0, 1], e.g. 0.02")
         if not 0 < self.select_ratio <= 1:
             p.append(f"select_ratio={self.select_ratio} must be in (0, 1]")
         if p:

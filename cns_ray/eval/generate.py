@@ -19,12 +19,26 @@ def _on(delta: SparseDelta, weights: dict[str, torch.Tensor]) -> SparseDelta:
     return SparseDelta(delta.base_id, dict(delta.shapes), layers)
 
 
+def _with_cones(base, delta: SparseDelta | None, tokens, prompt: str, shut, weights) -> tuple[SparseDelta | None, str]:
+    """As serving does it (cns_ray.serve.swap.ServedTenant): the Cones placeholders ``prompt`` names are dropped from
+    its text and their neurons (the union) shut on top of ``delta`` (shut wins)."""
+    from cns_ray.serve.swap import ServedTenant
+
+    st = ServedTenant(tenant="eval", version=None, delta=delta if delta is not None else SparseDelta.empty(base.base_id),
+                      tokens=tokens, shut=shut)
+    text, named = st.cones_in(prompt)
+    return (st.delta_for(named, weights) if named else delta), text
+
+
 @torch.no_grad()
 def generate(base, delta: SparseDelta | None, tokens: dict[str, torch.Tensor], prompt: str, n: int, seed: int,
-             steps: int, guidance: float) -> np.ndarray:
-    """uint8 [n, R, R, 3] images of ``prompt`` with ``delta`` applied (base weights restored after)."""
+             steps: int, guidance: float, shut: dict[str, dict[str, torch.Tensor]] | None = None) -> np.ndarray:
+    """uint8 [n, R, R, 3] images of ``prompt`` with ``delta`` applied (base weights restored after); ``shut``: the
+    state's Cones concepts (placeholder -> layer -> indices), shut where the prompt names them."""
     pipe = base.pipeline
     weights = base.target_weights()
+    if shut:
+        delta, prompt = _with_cones(base, delta, tokens, prompt, shut, weights)
     cond = encode_prompt(pipe.tokenizer, pipe.text_encoder, prompt, tokens)  # [1, T, D]
     uncond = encode_prompt(pipe.tokenizer, pipe.text_encoder, "", tokens)  # [1, T, D]
     dtype = pipe.unet.dtype

@@ -24,7 +24,7 @@ from cns_ray import select
 from cns_ray.config import SelectionConfig, StoreConfig
 from cns_ray.eval.config import EvalConfig
 from cns_ray.eval.generate import generate
-from cns_ray.eval.methods import fused, learn_one, tenant_for
+from cns_ray.eval.methods import fused, learn_one, shut_sets, tenant_for
 from cns_ray.world import concepts as wc
 from cns_ray.world.render import render_scene
 from cns_ray.world.scene import BACKGROUNDS, POSITIONS, SIZES, caption, sample_scenes
@@ -70,10 +70,13 @@ class Measure:
 
     def __init__(self, base, scorer, cfg: EvalConfig):
         self.base, self.scorer, self.cfg = base, scorer, cfg
+        self.shut: dict = {}
+        """The served state's Cones concepts (placeholder -> layer -> indices): shut where a prompt names them."""
 
     def images(self, delta, tokens, prompt: str) -> np.ndarray:
         c = self.cfg
-        return generate(self.base, delta, tokens, prompt, c.n_gen, c.seed, c.gen_steps, c.guidance)  # [n, R, R, 3]
+        return generate(self.base, delta, tokens, prompt, c.n_gen, c.seed, c.gen_steps, c.guidance,
+                        shut=self.shut)  # [n, R, R, 3]
 
     def single(self, delta, tokens, c: wc.Concept, prompt_of=lambda p, c: p) -> tuple[dict, np.ndarray]:
         """Scores of ``c``'s single prompts (``prompt_of`` rewrites a prompt: class word only, full caption)."""
@@ -92,7 +95,8 @@ class Measure:
         scores, imgs = [], []
         for s in general_scenes(self.cfg.general_prompts):
             p = caption(s)
-            g = generate(self.base, delta, tokens, p, 1, self.cfg.seed, self.cfg.gen_steps, self.cfg.guidance)
+            g = generate(self.base, delta, tokens, p, 1, self.cfg.seed, self.cfg.gen_steps, self.cfg.guidance,
+                         shut=self.shut)
             scores.append(self.scorer.general(g, s, p))
             imgs.append(g)
         return _mean_scores(scores), np.concatenate(imgs)
@@ -136,7 +140,7 @@ def run_references(base, scorer, cfg: EvalConfig) -> dict:
 def run_unit(base, scorer, cfg: EvalConfig, method: str, sequence: str, seed: int,
              workdir: str | None = None) -> dict:
     """Learn ``sequence``'s concepts in order with ``method`` and learning seed ``seed``; measure."""
-    from cns_ray.store import ConceptStore, delta_nbytes
+    from cns_ray.store import ConceptStore, codec, delta_nbytes
 
     work = Path(workdir or tempfile.mkdtemp(prefix=f"cns-eval-{method}-{sequence}-{seed}-"))
     store = ConceptStore(StoreConfig(uri=str(work / "store")))
@@ -154,6 +158,7 @@ def run_unit(base, scorer, cfg: EvalConfig, method: str, sequence: str, seed: in
         seconds.append(info["seconds"])
         state = store.load(info["tenant"], info["version"], shapes=shapes, base_id=base.base_id)
         learned.append(state)
+        m.shut = shut_sets(state)  # Cones: the concepts learned so far, shut where a prompt names them
         right_after[c.name], imgs = m.single(state.delta, state.tokens, c)
         rows[f"{c.name} (right after)"] = imgs
         if method == "fusion":  # each delta is independent: the first concept is untouched until the fusion
@@ -168,7 +173,10 @@ def run_unit(base, scorer, cfg: EvalConfig, method: str, sequence: str, seed: in
     else:
         delta, tokens = learned[-1].delta, learned[-1].tokens
         stored = delta_nbytes(delta)["bytes"]
-    stored += len(tokens) * 4 * int(next(iter(tokens.values())).numel())  # token embeddings, fp32
+    if method == "cones":  # indices only: what the store writes for them (cones.parquet), no delta, no tokens
+        stored = len(codec.encode_cones(learned[-1].concepts))
+    if tokens:
+        stored += len(tokens) * 4 * int(next(iter(tokens.values())).numel())  # token embeddings, fp32
     at_end = {}
     for c in concepts:
         at_end[c.name], imgs = m.single(delta, tokens, c)

@@ -1,7 +1,8 @@
 """How each compared method learns one concept, on top of a tenant's state in a (local) concept store.
 
 All methods use :class:`cns_ray.learn.CNSLearner`'s training loop; they differ in which weights are trainable and
-in ``reg_lambda`` (``token`` trains no weight at all: the token embedding alone). The fusion baseline learns every concept from the base model (its own tenant) and sums the
+in ``reg_lambda`` (``token`` trains no weight at all: the token embedding alone). ``cones`` runs
+:class:`cns_ray.learn.cones.ConesLearner` (indices only, no token embedding). The fusion baseline learns every concept from the base model (its own tenant) and sums the
 deltas at the end (:meth:`SparseDelta.add`).
 """
 
@@ -16,13 +17,16 @@ from cns_ray.config import LearnerConfig, SelectionConfig
 from cns_ray.delta import SparseDelta
 from cns_ray.errors import InputError
 from cns_ray.eval.config import EvalConfig
-from cns_ray.learn import CNSLearner, ConceptRequest
+from cns_ray.learn import CNSLearner, ConceptRequest, make_learner
 from cns_ray.neurons import Masks
 
 log = logging.getLogger(__name__)
 
 
 def learner_config(cfg: EvalConfig, method: str, seed: int | None = None) -> LearnerConfig:
+    if method == "cones":
+        return LearnerConfig(steps=cfg.cones_steps, batch_size=cfg.batch_size, augment=False,
+                             seed=cfg.seed if seed is None else seed, method="cones", cones_ratio=cfg.cones_ratio)
     reg = 0.0 if method in ("naive", "cns_noreg", "token") else cfg.reg_lambda
     return LearnerConfig(
         steps=cfg.steps, token_lr=cfg.token_lr,
@@ -80,13 +84,22 @@ def learn_one(base, store, cfg: EvalConfig, method: str, sequence: str, concept,
         data = load_concept(folder, concept.class_word, concept.token, base.resolution, None, False)
         cns_sel = select.select_concept(base, data.captions, general, lcfg.selection)
         masks = random_masks(cns_sel.concept, seed=lcfg.seed * 7919 + sum(map(ord, concept.name)))
-    learner = CNSLearner(base, store, req, lcfg, general, masks=masks)
+    if method == "cones":
+        learner = make_learner(base, store, req, lcfg)
+    else:
+        learner = CNSLearner(base, store, req, lcfg, general, masks=masks)
     while learner.step_index < learner.total_steps:
         learner.step()
     version = learner.commit()
+    stats = learner.stats()
+    nnz = stats["nnz"] if method == "cones" else int(sum(i.numel() for i in learner.indices.values()))
     return {"tenant": tenant, "version": version, "seconds": learner.seconds + learner.select_seconds,
-            "nnz_new": int(sum(i.numel() for i in learner.indices.values())),
-            "final_loss": learner.stats()["final_loss_mean10"]}
+            "nnz_new": int(nnz), "final_loss": stats["final_loss_mean10"]}
+
+
+def shut_sets(state) -> dict[str, dict[str, torch.Tensor]]:
+    """A state's Cones concepts as serving holds them: placeholder -> layer -> indices (empty for other methods)."""
+    return {c.token: dict(c.neurons) for c in state.concepts if c.method == "cones"}
 
 
 def fused(states: list) -> tuple[SparseDelta, dict[str, torch.Tensor]]:
