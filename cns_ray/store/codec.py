@@ -1,8 +1,9 @@
 """Parquet codec of the store's files: bytes in, typed objects out, integrity checked on the way in.
 
-- delta.parquet: ``layer`` (dictionary string), ``index`` (uint32, sorted per layer, DELTA_BINARY_PACKED, no
-  dictionary), ``value`` (float16 or float32), zstd. File metadata: base_id, layer shapes, per-layer row counts,
-  value dtype, schema version.
+- delta.parquet (schema 2; schema 1 files are still read): ``layer`` (dictionary string), ``index`` (uint32, sorted
+  per layer, DELTA_BINARY_PACKED, no dictionary), ``value`` (float16 or float32), zstd; no embedded Arrow schema or
+  statistics. File metadata: base_id, value dtype, schema version, and the layer table (names, shapes, per-layer
+  row counts) once, zlib-packed: a footer under 1 KB for SD-1.5's 32 layers.
 - tokens.parquet: ``token`` (string), ``embedding`` (fixed-size list of float32).
 - concepts.parquet: name, token, class_word, method, neurons (list of {layer, index: list<uint32>}), stats (JSON),
   version_added.
@@ -18,8 +19,10 @@ Decoders raise :class:`CorruptStateError` naming ``source`` for unreadable/incon
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -49,22 +52,24 @@ def _to_bytes(table: pa.Table, meta: dict[str, object], **kwargs) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _to_bytes_lean(table: pa.Table, meta: dict[str, object]) -> bytes:
+def _to_bytes_lean(table: pa.Table, meta: dict[str, object], use_dictionary: bool | list[str] = False, **kwargs) -> bytes:
     """Like :func:`_to_bytes` with the fixed overhead cut (a Cones concept is a few KB): no embedded Arrow schema
     (~1 KB; the Parquet types read back the same), no min/max statistics (for a binary column Parquet would copy two
-    whole values into the footer), no dictionaries. The ``cns.*`` metadata is written as Parquet key-value metadata."""
+    whole values into the footer), dictionaries only for ``use_dictionary``. The ``cns.*`` metadata is written as
+    Parquet key-value metadata (readers show it as the schema's metadata)."""
     md = {b"cns." + k.encode(): (v if isinstance(v, str) else json.dumps(v)).encode() for k, v in meta.items()}
     sink = pa.BufferOutputStream()
     with pq.ParquetWriter(sink, table.schema, compression="zstd", store_schema=False, write_statistics=False,
-                          use_dictionary=False) as writer:
+                          use_dictionary=use_dictionary, **kwargs) as writer:
         writer.write_table(table)
         writer.add_key_value_metadata(md)
     return sink.getvalue().to_pybytes()
 
 
-def _read(data: bytes, source: str, kind: str) -> tuple[pa.Table, dict[str, str]]:
+def _read(data: bytes, source: str, kind: str, versions: tuple[str, ...] = (str(SCHEMA_VERSION),),
+          read_dictionary: list[str] | None = None) -> tuple[pa.Table, dict[str, str]]:
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.read_table(pa.BufferReader(data), read_dictionary=read_dictionary)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise CorruptStateError(f"{source} is unreadable as Parquet ({len(data)} bytes: {e}); it is truncated or corrupt; {FIX}") from e
     try:
@@ -73,9 +78,9 @@ def _read(data: bytes, source: str, kind: str) -> tuple[pa.Table, dict[str, str]
         raise CorruptStateError(f"{source}: file metadata is not UTF-8 ({e}); it is corrupt; {FIX}") from e
     if md.get("kind") != kind:
         raise CorruptStateError(f"{source} is not a cns {kind} file (kind={md.get('kind')!r}); {FIX}")
-    if md.get("schema_version") != str(SCHEMA_VERSION):
+    if md.get("schema_version") not in versions:
         raise CorruptStateError(
-            f"{source} has schema version {md.get('schema_version')!r}, this cns-ray reads {SCHEMA_VERSION}; "
+            f"{source} has schema version {md.get('schema_version')!r}, this cns-ray reads {' or '.join(versions)}; "
             "upgrade cns-ray or re-export the state"
         )
     return table, md
@@ -115,41 +120,76 @@ def _guarded(decode):
 
 
 # ------------------------------------------------------------------ delta
+DELTA_SCHEMA_VERSION = 2
+"""delta.parquet's own schema version. 2: the layer table (names, shapes, counts) once, zlib-compressed, as Parquet
+key-value metadata (``cns.layers``); no embedded Arrow schema (which repeated every ``cns.*`` value) and no column
+statistics. 1 (still read): ``cns.shapes`` and ``cns.counts`` as JSON, stored twice. The columns are the same."""
+
+
+def _layer_table(delta: SparseDelta, names: list[str]) -> str:
+    """``[[name, out, in, count], ...]`` for the layers with entries (in row order), then ``[name, out, in]`` for
+    layers with a shape only; JSON, zlib level 9, base64: ~15 B per SD-1.5 layer (the names share long prefixes)."""
+    rows = [[n, *(int(x) for x in delta.shapes[n]), delta.layers[n].nnz] for n in names]
+    rows += [[n, *(int(x) for x in s)] for n, s in sorted(delta.shapes.items()) if n not in delta.layers]
+    return base64.b64encode(zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), 9)).decode()
+
+
+def _read_layer_table(md: dict[str, str], source: str) -> tuple[dict[str, tuple], dict[str, int]]:
+    try:
+        rows = json.loads(zlib.decompress(base64.b64decode(md["layers"], validate=True)))
+        shapes = {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+        counts = {str(r[0]): int(r[3]) for r in rows if len(r) == 4}
+    except (KeyError, ValueError, TypeError, IndexError, zlib.error) as e:
+        raise CorruptStateError(f"{source}: metadata 'layers' is missing or damaged ({type(e).__name__}: {e}); {FIX}") from e
+    if len(shapes) != len(rows):
+        raise CorruptStateError(f"{source}: metadata 'layers' names a layer twice; {FIX}")
+    return shapes, counts
+
+
 def encode_delta(delta: SparseDelta, value_dtype: str = "float16") -> bytes:
-    """SparseDelta -> delta.parquet bytes; values cast to ``value_dtype`` (refused if that makes them non-finite)."""
+    """SparseDelta -> delta.parquet bytes; values cast to ``value_dtype`` (refused if that makes them non-finite).
+
+    Schema 2: columns ``layer`` (dictionary string), ``index`` (uint32, sorted per layer, DELTA_BINARY_PACKED),
+    ``value`` (float16/float32, plain), zstd; shapes and per-layer counts once in the footer (:func:`_layer_table`).
+    Only Parquet encodings every reader has (DuckDB and polars read BYTE_STREAM_SPLIT for float/double only)."""
     tdtype, patype = VALUE_DTYPES[value_dtype]
     names = sorted(delta.layers)
-    idx_parts, val_parts, counts = [], [], {}
+    idx_parts, val_parts, codes = [], [], []
+    bad = []
     for code, n in enumerate(names):
         d = delta.layers[n]
         val = d.value.detach().cpu().to(tdtype)
-        bad = int((~torch.isfinite(val)).sum())
-        if bad:
-            raise DeltaValidationError(
-                [f"layer {n!r}: {bad} values are not finite as {value_dtype} (float16 max is 65504); "
-                 "use StoreConfig(value_dtype='float32') or fix the learning run"], source="delta to store")
+        if nonfinite := int((~torch.isfinite(val)).sum()):
+            bad.append(f"layer {n!r}: {nonfinite} values are not finite as {value_dtype} (float16 max is 65504)")
         idx_parts.append(d.index.detach().cpu().numpy().astype(np.uint32))
         val_parts.append(val.numpy())
-        counts[n] = d.nnz
-    codes = np.concatenate([np.full(counts[n], c, dtype=np.int32) for c, n in enumerate(names)]) if names else np.zeros(0, np.int32)
+        codes.append(np.full(d.nnz, code, dtype=np.int32))
+    if bad:
+        raise DeltaValidationError([*bad, "use StoreConfig(value_dtype='float32') or fix the learning run"], source="delta to store")
+    empty_val = np.zeros(0, np.float16 if value_dtype == "float16" else np.float32)
     table = pa.table({
-        "layer": pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(names, pa.string())),
-        "index": pa.array(np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.uint32), pa.uint32()),
-        "value": pa.array(np.concatenate(val_parts) if val_parts else np.zeros(0, np.float16 if value_dtype == "float16" else np.float32), patype),
+        "layer": pa.DictionaryArray.from_arrays(pa.array(np.concatenate(codes) if names else np.zeros(0, np.int32), pa.int32()),
+                                                pa.array(names, pa.string())),
+        "index": pa.array(np.concatenate(idx_parts) if names else np.zeros(0, np.uint32), pa.uint32()),
+        "value": pa.array(np.concatenate(val_parts) if names else empty_val, patype),
     })
-    meta = {"kind": "delta", "schema_version": str(SCHEMA_VERSION), "base_id": delta.base_id, "value_dtype": value_dtype,
-            "shapes": {n: list(s) for n, s in sorted(delta.shapes.items())}, "counts": counts}
-    return _to_bytes(table, meta, use_dictionary=["layer"], column_encoding={"index": "DELTA_BINARY_PACKED"})
+    meta = {"kind": "delta", "schema_version": str(DELTA_SCHEMA_VERSION), "base_id": delta.base_id,
+            "value_dtype": value_dtype, "layers": _layer_table(delta, names)}
+    return _to_bytes_lean(table, meta, use_dictionary=["layer"], column_encoding={"index": "DELTA_BINARY_PACKED"})
 
 
 @_guarded
 def decode_delta(data: bytes, source: str = "delta.parquet") -> SparseDelta:
-    table, md = _read(data, source, "delta")
+    """delta.parquet of schema 2 or 1 -> SparseDelta, every entry validated against the file's own shapes."""
+    table, md = _read(data, source, "delta", versions=(str(DELTA_SCHEMA_VERSION), "1"), read_dictionary=["layer"])
     value_dtype = md.get("value_dtype")
     if value_dtype not in VALUE_DTYPES:
         raise CorruptStateError(f"{source}: value dtype {value_dtype!r} is not float16 or float32; {FIX}")
-    shapes = {n: tuple(int(x) for x in s) for n, s in _json(md, "shapes", source).items()}
-    counts = {n: int(c) for n, c in _json(md, "counts", source).items()}
+    if md["schema_version"] == "1":
+        shapes = {n: tuple(int(x) for x in s) for n, s in _json(md, "shapes", source).items()}
+        counts = {n: int(c) for n, c in _json(md, "counts", source).items()}
+    else:
+        shapes, counts = _read_layer_table(md, source)
     layer = _column(table, "layer", source, lambda t: pa.types.is_dictionary(t) or pa.types.is_string(t))
     index = _column(table, "index", source, lambda t: t == pa.uint32()).to_numpy().astype(np.int64)
     value = _column(table, "value", source, lambda t: t == VALUE_DTYPES[value_dtype][1]).to_numpy(zero_copy_only=False)

@@ -52,12 +52,94 @@ def test_empty_delta_and_file_layout():
     assert codec.decode_delta(data).nnz == 0
     delta = make_state("acme").delta
     f = pq.ParquetFile(pa.BufferReader(codec.encode_delta(delta, "float16")))
-    schema = f.schema_arrow
-    assert pa.types.is_dictionary(schema.field("layer").type)
+    schema = f.schema_arrow  # what any Parquet reader sees: plain columns, no embedded Arrow schema needed
+    assert schema.field("layer").type == pa.string() and f.metadata.row_group(0).column(0).has_dictionary_page
     assert schema.field("index").type == pa.uint32() and schema.field("value").type == pa.float16()
     col = f.metadata.row_group(0).column(1)
     assert col.compression == "ZSTD" and "DELTA_BINARY_PACKED" in col.encodings and not col.has_dictionary_page
-    assert set(f.schema_arrow.metadata) >= {b"cns.base_id", b"cns.shapes", b"cns.schema_version"}
+    assert b"ARROW:schema" not in f.metadata.metadata and not col.is_stats_set
+    assert set(f.metadata.metadata) >= {b"cns.base_id", b"cns.layers", b"cns.schema_version"}
+    assert f.metadata.metadata[b"cns.schema_version"] == b"2"
+
+
+def _sd_like_delta(density: float, seed: int = 0) -> SparseDelta:
+    """32 layers with SD-1.5's K/V names and shapes (320..1280 x 768): random indices, N(0, 1e-3) fp16 values."""
+    blocks = [("down_blocks.0", 2, 320), ("down_blocks.1", 2, 640), ("down_blocks.2", 2, 1280), ("mid_block", 1, 1280),
+              ("up_blocks.1", 3, 1280), ("up_blocks.2", 3, 640), ("up_blocks.3", 3, 320)]
+    shapes = {f"{b}.attentions.{a}.transformer_blocks.0.attn2.to_{kv}": (o, 768) for b, n, o in blocks
+              for a in range(n) for kv in "kv"}
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for name, (o, i) in shapes.items():
+        idx = (torch.rand(o * i, generator=g) < density).nonzero().squeeze(1)
+        layers[name] = LayerDelta(idx, (torch.randn(idx.numel(), generator=g) * 1e-3).half())
+    return SparseDelta(BASE, shapes, layers)
+
+
+def test_footer_is_small_and_layer_table_stored_once():
+    delta = _sd_like_delta(0.001)
+    data = codec.encode_delta(delta)
+    meta = pq.read_metadata(pa.BufferReader(data))
+    assert len(delta.shapes) == 32 and meta.serialized_size <= 1024  # was ~5.9 KB: shapes JSON twice + statistics
+    assert data.count(b"attn2.to_k") <= 16  # layer names: once in the dictionary page, zlib-packed in the footer
+
+
+def test_encoding_is_deterministic_and_byte_exact():
+    delta = _sd_like_delta(0.002, seed=3)
+    data = codec.encode_delta(delta)
+    assert codec.encode_delta(codec.decode_delta(data)) == data
+
+
+@pytest.mark.parametrize("value_dtype, bits", [("float16", torch.int16), ("float32", torch.int32)])
+def test_schema_1_files_still_read(value_dtype, bits):
+    """delta.parquet written by the schema-1 codec (stores in the wild hold them): same delta, bit for bit."""
+    from pathlib import Path
+
+    data = (Path(__file__).parent / "data" / f"delta_v1_{value_dtype}.parquet").read_bytes()
+    assert pq.read_metadata(pa.BufferReader(data)).metadata[b"cns.schema_version"] == b"1"
+    want = make_state("acme", ("rex", "cat")).delta  # what the fixture was written from
+    got = codec.decode_delta(data, "v1/delta.parquet")
+    assert got.base_id == want.base_id and got.shapes == want.shapes and sorted(got.layers) == sorted(want.layers)
+    for n, d in want.layers.items():
+        assert torch.equal(got.layers[n].index, d.index)
+        assert torch.equal(got.layers[n].value.view(bits), d.value.to(got.layers[n].value.dtype).view(bits))
+    assert codec.decode_delta(codec.encode_delta(got, value_dtype)).layers.keys() == got.layers.keys()
+
+
+def test_shape_only_layers_and_empty_layers_round_trip():
+    shapes = dict(SHAPES)
+    names = sorted(shapes)
+    layers = {names[0]: LayerDelta(torch.tensor([0, 5, 7]), torch.tensor([1.0, -2.0, 3.0])),
+              names[1]: LayerDelta(torch.zeros(0, dtype=torch.int64), torch.zeros(0))}
+    got = codec.decode_delta(codec.encode_delta(SparseDelta(BASE, shapes, layers)))
+    assert got.shapes == shapes and sorted(got.layers) == names[:2] and got.layers[names[1]].nnz == 0
+
+
+def test_damaged_layer_table_refused():
+    data = codec.encode_delta(make_state("acme").delta)
+    t = pq.read_table(pa.BufferReader(data))
+    for bad in (b"not base64 !", b"AAAA", b""):
+        md = {**t.schema.metadata, b"cns.layers": bad}
+        sink = pa.BufferOutputStream()
+        pq.write_table(t.replace_schema_metadata(md), sink)
+        with pytest.raises(CorruptStateError, match="metadata 'layers'"):
+            codec.decode_delta(sink.getvalue().to_pybytes(), "x/delta.parquet")
+
+
+@pytest.mark.parametrize("reader", ["duckdb", "polars"])
+def test_other_readers_see_the_columns(reader, tmp_path):
+    """DuckDB and polars, where installed, read layer/index/value as written (the store is plain Parquet)."""
+    mod = pytest.importorskip(reader)
+    delta = make_state("acme").delta
+    path = tmp_path / "delta.parquet"
+    path.write_bytes(codec.encode_delta(delta, "float32"))
+    if reader == "duckdb":
+        rows = mod.sql(f"select layer, index, value from '{path}'").fetchall()
+    else:
+        rows = mod.read_parquet(path).select(["layer", "index", "value"]).rows()
+    want = [(n, int(i), float(v)) for n in sorted(delta.layers)
+            for i, v in zip(delta.layers[n].index.tolist(), delta.layers[n].value.tolist())]
+    assert [(r[0], int(r[1]), float(r[2])) for r in rows] == want
 
 
 def test_bytes_per_entry_fp16_at_realistic_density():
