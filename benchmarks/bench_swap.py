@@ -236,14 +236,31 @@ def bench_lora(unet, specs, orig, n_swaps: int, gen, tmp: Path) -> tuple[list[li
 
 
 # ------------------------------------------------------------------ storage
-def store_bytes(delta: SparseDelta) -> tuple[int, str]:
-    """Size of ``delta`` as delta.parquet: the store's codec if present, else pyarrow with the same settings."""
-    try:
-        from cns_ray.store.codec import encode_delta
-    except ImportError:
-        encode_delta = None
-    if encode_delta is not None:
-        return len(encode_delta(delta, "float16")), "cns_ray.store.codec.encode_delta (fp16)"
+def entropy_bits(x) -> float:
+    """Empirical order-0 entropy of the symbols in ``x``, bits per symbol."""
+    import numpy as np
+
+    _, c = np.unique(x, return_counts=True)
+    p = c / c.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def delta_entropy_bytes(delta: SparseDelta) -> tuple[float, float, float]:
+    """(value entropy bits, index-gap entropy bits, floor in bytes per entry) of ``delta`` as fp16 values and
+    per-layer gaps ``idx[i] - idx[i-1] - 1``: what an entropy coder of values and gaps would need, footer aside."""
+    import numpy as np
+
+    vals = np.concatenate([d.value.to(torch.float16).numpy().view(np.uint16) for d in delta.layers.values()])
+    gaps = np.concatenate([np.diff(d.index.numpy(), prepend=-1) - 1 for d in delta.layers.values()])
+    hv, hg = entropy_bits(vals), entropy_bits(gaps)
+    return hv, hg, (hv + hg) / 8
+
+
+def schema1_bytes(delta: SparseDelta) -> int:
+    """Size of the same delta as the schema-1 codec wrote it (Arrow schema embedded, shapes/counts JSON twice,
+    statistics): the before of the codec change, measured in the same run."""
+    import json
+
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -255,20 +272,72 @@ def store_bytes(delta: SparseDelta) -> tuple[int, str]:
         "index": pa.array(np.concatenate([delta.layers[n].index.numpy().astype(np.uint32) for n in names])),
         "value": pa.array(np.concatenate([delta.layers[n].value.half().numpy() for n in names]), pa.float16()),
     })
+    meta = {"kind": "delta", "schema_version": "1", "base_id": delta.base_id, "value_dtype": "float16",
+            "shapes": json.dumps({n: list(s) for n, s in sorted(delta.shapes.items())}),
+            "counts": json.dumps({n: delta.layers[n].nnz for n in names})}
+    table = table.replace_schema_metadata({f"cns.{k}".encode(): v.encode() for k, v in meta.items()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", use_dictionary=["layer"], column_encoding={"index": "DELTA_BINARY_PACKED"})
-    return sink.getvalue().size, "pyarrow direct (uint32 DELTA_BINARY_PACKED, fp16, zstd)"
+    return sink.getvalue().size
 
 
-def storage_rows(deltas: dict[float, SparseDelta], lora: dict) -> tuple[list[list], str]:
-    rows, how = [], ""
-    for frac, d in deltas.items():
-        n, how = store_bytes(d)
-        rows.append([f"CNS delta.parquet, {frac:.1%} of K/V", f"{d.nnz:,}", fmt_bytes(n), f"{n / d.nnz:.2f}"])
+def lora_raw_bytes(specs, rank: int = LORA_RANK) -> tuple[int, int]:
+    """(bytes, params) of a rank-``rank`` LoRA on the targets as bare fp16 A and B matrices: a lower bound of its
+    safetensors file (used when peft is not installed to save a real one)."""
+    params = sum(rank * (t.in_features + t.out_features) for t in specs.values())
+    return 2 * params, params
+
+
+def storage_rows(deltas: dict[float, SparseDelta], lora: dict, specs) -> list[list]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cns_ray.store.codec import decode_delta, encode_delta
+
     if "lora_file_bytes" in lora:
-        n, p = lora["lora_file_bytes"], lora["lora_params"]
-        rows.append([f"LoRA rank {LORA_RANK}, safetensors fp16 (save_lora_weights)", f"{p:,}", fmt_bytes(n), f"{n / p:.2f}"])
-    return rows, how
+        lora_b, lora_p, lora_what = lora["lora_file_bytes"], lora["lora_params"], "safetensors fp16 (save_lora_weights)"
+    else:
+        (lora_b, lora_p), lora_what = lora_raw_bytes(specs), "bare fp16 A+B (peft absent: no file header)"
+    rows = []
+    for frac, d in deltas.items():
+        data = encode_delta(d, "float16")
+        decoded = decode_delta(data)
+        exact = encode_delta(decoded, "float16") == data and all(
+            torch.equal(decoded.layers[n].index, x.index) and torch.equal(decoded.layers[n].value.view(torch.int16), x.value.half().view(torch.int16))
+            for n, x in d.layers.items())
+        hv, hg, floor = delta_entropy_bytes(d)
+        n, old = len(data), schema1_bytes(d)
+        footer = pq.read_metadata(pa.BufferReader(data)).serialized_size
+        rows.append([f"CNS delta.parquet, {frac:.1%} of K/V", f"{d.nnz:,}", fmt_bytes(n), f"{n / d.nnz:.2f}",
+                     f"{hv:.2f} + {hg:.2f} = {floor:.2f}", f"{n / d.nnz / floor:.3f}x",
+                     f"{n / d.nnz / ((16 + hg) / 8):.3f}x", f"{footer:,}", f"{old / d.nnz:.2f} ({fmt_bytes(old)})",
+                     f"{n / lora_b:.2f}x", "yes" if exact else "NO"])
+    rows.append([f"LoRA rank {LORA_RANK}, {lora_what}", f"{lora_p:,}", fmt_bytes(lora_b), f"{lora_b / lora_p:.2f}",
+                 "-", "-", "-", "-", "-", "1.00x", "-"])
+    return rows
+
+
+STORAGE_HEADER = ["what", "entries / params", "bytes", "B per entry", "entropy: value + gap bits = B/entry floor",
+                  "vs floor", "vs 16-bit values + gap entropy", "footer (B)", "schema 1 (before): B/entry",
+                  "vs LoRA bytes", "round trip byte-exact"]
+
+
+def main_bytes(args) -> int:
+    """``--bytes``: the storage table only, on SD-1.5's target shapes from a meta-device UNet (seconds, no 4 GiB)."""
+    from types import SimpleNamespace
+
+    from benchmarks.sd_shaped import target_shapes_meta
+
+    shapes = target_shapes_meta(QUICK_UNET_CONFIG if args.quick else SD15_UNET_CONFIG)
+    specs = {n: SimpleNamespace(numel=o * i, shape=(o, i), out_features=o, in_features=i) for n, (o, i) in shapes.items()}
+    gen = torch.Generator().manual_seed(args.seed)
+    deltas = {f: random_delta(specs, f, gen) for f in FRACTIONS}
+    print("## Stored bytes per concept: CNS delta.parquet vs rank-4 LoRA" + (" (--quick)" if args.quick else ""))
+    print("\n".join(environment_lines()))
+    print(f"- {len(specs)} target layers, {sum(t.numel for t in specs.values()):,} weights; random sorted indices, "
+          "N(0, 1e-3) fp16 values\n")
+    print(markdown_table(STORAGE_HEADER, storage_rows(deltas, {}, specs)))
+    return 0
 
 
 # ------------------------------------------------------------------ main
@@ -277,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="reduced UNet (2 levels) and 10 swaps: a smoke check")
     ap.add_argument("--swaps", type=int, default=None, help="timed swaps per method (default 50, 10 with --quick)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bytes", action="store_true", help="only the stored-bytes table (SD-1.5 shapes, no UNet: seconds)")
     args = ap.parse_args(argv)
+    if args.bytes:
+        return main_bytes(args)
     n_swaps = args.swaps or (10 if args.quick else 50)
     config = QUICK_UNET_CONFIG if args.quick else SD15_UNET_CONFIG
 
@@ -322,9 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio_rows.append([r[0]] + [f"{ms / cns_ms[f]:.1f}x" if ms >= cns_ms[f] else f"{ms / cns_ms[f]:.2f}x" for f in FRACTIONS])
     print(markdown_table(["LoRA method"] + [f"vs CNS {f:.1%}" for f in FRACTIONS], ratio_rows))
 
-    rows, how = storage_rows(deltas, lora)
-    print(f"\n### Stored bytes per concept (CNS delta written with {how})\n")
-    print(markdown_table(["what", "stored entries / params", "bytes", "bytes per entry / param"], rows))
+    print("\n### Stored bytes per concept (CNS delta written with cns_ray.store.codec.encode_delta, fp16)\n")
+    print(markdown_table(STORAGE_HEADER, storage_rows(deltas, lora, specs)))
     print(f"\nTotal {time.perf_counter() - t0:.0f} s.")
     return 0
 
