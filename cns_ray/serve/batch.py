@@ -1,4 +1,4 @@
-"""The mixed-tenant batch path: requests of different tenants in one pipeline call; no shared weight is written.
+"""The mixed-tenant batch path: requests of different tenants in one pipeline call, no shared weight written.
 
 Cross-attention K and V depend only on the text. For a request with tenant delta ``dW`` and text states ``c``
 (``[T, in]``), each target layer's output is ``c W^T + c dW^T``: the base layer runs on the whole batch as usual and
@@ -6,6 +6,11 @@ a forward hook adds each sample's own sparse term (``dW`` has ``nnz`` entries ``
 ``out[:, row] += c[:, col] * value``, ``T * nnz`` multiply-adds, computed at the first denoising step and reused). The hooks live for one call, on the generator's
 single worker thread; the weights are never written, so a batch may hold any mix of tenants and a failure cannot
 leave a tenant's delta behind.
+
+A group whose requests all carry one tenant state (a batch of one, or one tenant's burst) needs no per-sample
+term: its delta is swapped into the shared weights for the call and restored exactly, as the swap path does
+(:func:`cns_ray.delta.swapped`, on the generator's single worker thread; restored on error and cancel too). So a
+batch of one costs what the swap path costs and gives its image bit for bit.
 
 Results equal the swap path (:func:`cns_ray.serve.swap.generate_images`) up to float rounding (``(W + dW) c`` vs
 ``W c + dW c``) and, for deterministic samplers (DDIM with ``eta=0``, the default here), do not depend on what else
@@ -22,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from cns_ray.delta import SparseDelta
+from cns_ray.delta import SparseDelta, swapped
 from cns_ray.errors import InputError
 from cns_ray.serve.prompts import encode_prompt
 from cns_ray.serve.steps import check_not_cancelled, step_callback
@@ -108,7 +113,8 @@ def generate_batch(
     cancels: Sequence[threading.Event] = (),
     on_step: Callable[[], None] | None = None,
 ) -> list[list[bytes]]:
-    """PNG bytes per request, for requests of any tenants in one pipeline call. The shared weights are only read.
+    """PNG bytes per request, for requests of any tenants in one pipeline call. With several tenant states in the
+    call the shared weights are only read; with one, its delta is swapped in for the call and restored exactly.
 
     All requests must share :func:`batch_key` and carry a seed (``GenerationRequest.with_seed``). ``fault_marker``
     (tests only): when a prompt contains it, the call fails mid-generation. ``cancels`` (one per request): when all
@@ -128,14 +134,14 @@ def generate_batch(
         raise InputError("generate_batch needs a seed per request: call GenerationRequest.with_seed() first")
     height, width, steps, guidance = keys.pop()
     dtype, device = pipe.unet.dtype, pipe.unet.device
-    per_tenant: dict[tuple, dict[str, SampleDelta]] = {}  # (tenant state, Cones concepts named) -> gather form
-    cond, uncond, latents, deltas = [], [], [], []
+    per_tenant: dict[tuple, SparseDelta] = {}  # (tenant state, Cones concepts named) -> its delta
+    cond, uncond, latents, keys = [], [], [], []
     for served, req in items:
         prompt, named = served.cones_in(req.prompt)  # as the swap path: Cones neurons shut (-W c), shut wins
         negative, _ = served.cones_in(req.negative_prompt)
         key = (id(served), tuple(sorted(named)))
         if key not in per_tenant:
-            per_tenant[key] = sample_deltas(served.delta_for(named, weights), weights, base.base_id)
+            per_tenant[key] = served.delta_for(named, weights)
         c = encode_prompt(pipe.tokenizer, pipe.text_encoder, prompt, served.tokens)  # [1, T, D]
         u = encode_prompt(pipe.tokenizer, pipe.text_encoder, negative, served.tokens)  # [1, T, D]
         shape = (req.n, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
@@ -143,11 +149,16 @@ def generate_batch(
         latents.append(randn_tensor(shape, generator=gen, device=device, dtype=dtype))  # as the pipeline draws it
         cond.append(c.expand(req.n, -1, -1))
         uncond.append(u.expand(req.n, -1, -1))
-        deltas += [per_tenant[key]] * req.n
+        keys += [key] * req.n
+    if len(per_tenant) == 1:  # one tenant state: swap it in once (exact restore), no per-sample hooks
+        applied = swapped(weights, per_tenant[keys[0]], base.base_id, check_entries=False)
+    else:
+        gather = {k: sample_deltas(d, weights, base.base_id) for k, d in per_tenant.items()}
+        applied = per_sample_deltas(find_target_modules(pipe.unet), [gather[k] for k in keys])
     check_not_cancelled(list(cancels))
     callback = step_callback(list(cancels), [r.prompt for _, r in items], steps, fault_marker, on_step)
 
-    with per_sample_deltas(find_target_modules(pipe.unet), deltas):
+    with applied:
         out = pipe(
             prompt_embeds=torch.cat(cond).to(dtype),  # [N, T, D], one row per image
             negative_prompt_embeds=torch.cat(uncond).to(dtype),

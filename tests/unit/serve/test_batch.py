@@ -115,3 +115,24 @@ def test_hooks_are_gone_after_a_failure(tiny_base, tenants):
     with pytest.raises(Exception):
         generate_batch(tiny_base, weights, [(tenants["acme"], req)])
     assert all(not m._forward_hooks for m in find_target_modules(tiny_base.unet).values())
+
+
+def test_one_tenant_state_is_swapped_in_and_gives_the_swap_path_image_bit_for_bit(tiny_base, tenants):
+    """A batch of one (or of one tenant's requests) runs with the delta swapped in, as the swap path: same PNG
+    bytes, weights bit-identical after, also when the call fails mid-way."""
+    from cns_ray.targets import find_target_modules
+
+    weights = tiny_base.target_weights()
+    before = weights_digest(tiny_base)
+    req = GenerationRequest(prompt="a large <tok> shape at the center on a grey background", steps=3, seed=5)
+    (solo,) = generate_batch(tiny_base, weights, [(tenants["acme"], req)])
+    assert solo == generate_images(tiny_base, weights, tenants["acme"], req)
+    two = GenerationRequest(prompt="a small <tok> shape at the right on a black background", steps=3, seed=7)
+    burst = generate_batch(tiny_base, weights, [(tenants["acme"], req), (tenants["acme"], two)])
+    assert np.abs(_pixels(burst[1][0]) - _pixels(generate_images(tiny_base, weights, tenants["acme"], two)[0])).max() <= 1
+    assert weights_digest(tiny_base) == before
+    bad = GenerationRequest(prompt="a <tok> FAULT", steps=3, seed=1)
+    with pytest.raises(Exception):
+        generate_batch(tiny_base, weights, [(tenants["acme"], bad)], fault_marker="FAULT")
+    assert weights_digest(tiny_base) == before
+    assert all(not m._forward_hooks for m in find_target_modules(tiny_base.unet).values())
