@@ -91,11 +91,20 @@ class LearnerConfig:
     the learning rates are unused."""
     cones_ratio: float = 0.01
     """Cones: at most this fraction of each target layer's weights is shut (top positive ``W * dL/dW``)."""
+    cones_joint: tuple[str, ...] = ()
+    """Cones, optional: the names of two or more of the tenant's Cones concepts this run refines jointly on
+    multi-subject images (the paper's few-step joint fine-tuning, kept index-only: cns_ray/learn/cones.py). With their
+    union shut, ``W * dL/dW`` on the joint images picks extra neurons; serving shuts them too whenever a prompt names
+    every one of those concepts. Empty (the default): an ordinary single-subject Cones concept."""
 
     def __post_init__(self) -> None:
         p: list[str] = []
         _check(p, self.method in ("cns", "cones"), f"method={self.method!r} must be 'cns' or 'cones'")
         _check(p, 0.0 < self.cones_ratio <= 1.0, f"cones_ratio={self.cones_ratio} must be in (0, 1], e.g. 0.01")
+        object.__setattr__(self, "cones_joint", tuple(self.cones_joint or ()))  # a list after a JSON round trip
+        _check(p, not self.cones_joint or (self.method == "cones" and len(set(self.cones_joint)) == len(self.cones_joint) >= 2),
+               f"cones_joint={list(self.cones_joint)} needs method='cones' and two or more distinct concept names, "
+               "e.g. ('rex', 'mia')")
         _check(p, self.steps is None or self.steps >= 1, f"steps={self.steps} must be >= 1 (or None: the base's default)")
         _check(p, self.token_lr is None or self.token_lr >= 0, f"token_lr={self.token_lr} must be >= 0 (or None)")
         _check(p, self.weight_lr is None or self.weight_lr >= 0, f"weight_lr={self.weight_lr} must be >= 0 (or None)")

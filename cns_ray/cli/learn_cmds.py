@@ -47,6 +47,9 @@ def add_learn_args(p: argparse.ArgumentParser) -> None:
                         "and shut when a prompt names the token (default %(default)s)")
     p.add_argument("--cones-ratio", type=float, default=d.cones_ratio,
                    help="cones: most of each layer's weights a concept may shut (default %(default)s)")
+    p.add_argument("--cones-joint", default=None, metavar="A,B[,...]",
+                   help="cones: refine these Cones concepts of the tenant jointly on --images of them together (the "
+                        "paper's few-step joint fine-tuning, index-only; served when a prompt names all of them)")
     p.add_argument("--select-ratio", type=float, default=s.select_ratio, help="CNS select ratio (default %(default)s)")
     p.add_argument("--budget", type=float, default=None, help="cap concept neurons to this fraction of the targets")
     p.add_argument(
@@ -95,6 +98,7 @@ def learn_request_and_config(args: argparse.Namespace):
         selection=SelectionConfig(select_ratio=args.select_ratio, budget=args.budget),
         method=args.method,
         cones_ratio=args.cones_ratio,
+        cones_joint=tuple(n.strip() for n in (args.cones_joint or "").split(",") if n.strip()),
     )
     return request, cfg
 

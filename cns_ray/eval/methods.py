@@ -99,7 +99,7 @@ def learn_one(base, store, cfg: EvalConfig, method: str, sequence: str, concept,
 
 def shut_sets(state) -> dict[str, dict[str, torch.Tensor]]:
     """A state's Cones concepts as serving holds them: placeholder -> layer -> indices (empty for other methods)."""
-    return {c.token: dict(c.neurons) for c in state.concepts if c.method == "cones"}
+    return {c.token: dict(c.neurons) for c in state.concepts if c.method == "cones" and not c.stats.get("joint_of")}
 
 
 def fused(states: list) -> tuple[SparseDelta, dict[str, torch.Tensor]]:

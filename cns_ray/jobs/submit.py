@@ -94,6 +94,8 @@ def learn_entrypoint(request, cfg: LearnerConfig, store_uri: str, base_model: st
         # Base-model defaults (None) are resolved on the cluster; a value the user gave is always passed on.
         if value is not None and (name in BASE_DEFAULT_FIELDS or value != getattr(default, name)):
             args += [flag, str(value)]
+    if cfg.cones_joint:
+        args += ["--cones-joint", ",".join(cfg.cones_joint)]
     if cfg.use_gpu:
         args.append("--gpu")
     if not cfg.augment:

@@ -15,6 +15,16 @@ The scores are taken at the weights the tenant's prompts run with (``W_base + de
 zero, which serving does by writing ``-W`` on top (cns_ray/serve/swap.py: a shut weight is zero whatever the CNS
 delta says). Randomness is seeded from ``(seed, rank, step)`` as in :class:`~cns_ray.learn.learner.CNSLearner`, so
 a run resumed from :meth:`ConesLearner.state_dict` accumulates the same sum.
+
+**Joint refinement** (``cfg.cones_joint``, the paper's optional few-step fine-tuning for multi-subject images, in an
+index-only form). The paper follows concatenation with a few steps of further fine-tuning on multi-subject images;
+here that stays a selection, so the store still holds no values: the run's images are multi-subject images (e.g.
+the two subjects side by side) with their captions, the start weights have the **union of the named concepts'
+neurons already shut**, and ``W * dL/dW`` summed over a few steps picks the extra entries whose zeroing lowers the
+joint loss further (entries already shut score 0 and are never picked again). The result is a Cones record with
+``stats["joint_of"]`` = the named concepts; serving adds its indices to the union whenever a prompt names every one
+of them (cns_ray/serve/swap.py ``ServedTenant.delta_for``, both serving modes), and never otherwise. Deleting one of
+the named concepts leaves the joint record inert (its condition can no longer hold).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import torch
 
 from cns_ray import cones
 from cns_ray.config import LearnerConfig
-from cns_ray.errors import CNSError
+from cns_ray.errors import CNSError, InputError
 from cns_ray.learn.learner import CNSLearner, ConceptRequest, _step_seed
 from cns_ray.learn.sparse_linear import patched_linears
 from cns_ray.store import ConceptRecord, TenantState
@@ -44,6 +54,11 @@ class ConesLearner(CNSLearner):
         # ``general`` is accepted for the job's uniform call and unused: Cones has no general-neuron step.
         self._setup_request(base, store, request, cfg, rank)
         self.text_encoder = base.text_encoder  # read only: no token is added
+        if cfg.cones_joint:  # multi-subject captions as given (they name the subjects), placeholders dropped
+            from cns_ray.learn.data import list_images, read_captions, selection_caption
+
+            raw = read_captions(list_images(request.images), request.class_word, request.captions)
+            self.data.captions = [selection_caption(c) for c in raw]
         self.input_ids = base.tokenizer(
             self.data.captions, padding="max_length", max_length=base.tokenizer.model_max_length,
             truncation=True, return_tensors="pt",
@@ -52,6 +67,10 @@ class ConesLearner(CNSLearner):
         self.start_weights = dict(self.base_weights)
         prev = self.state.delta.applied_to({n: self.base_weights[n].cpu() for n in self.state.delta.layers})
         self.start_weights.update({n: w.to(self.device) for n, w in prev.items()})
+        self.joint_shut = self._joint_union(cfg.cones_joint)  # layer -> indices already shut (joint refinement)
+        for n, idx in self.joint_shut.items():
+            w = self.start_weights[n]  # [out, in]
+            self.start_weights[n] = w.reshape(-1).index_fill(0, idx.to(w.device), 0).view(w.shape)
         self._leaves: dict[str, torch.Tensor] = {}
         self.scores: dict[str, torch.Tensor] = {}  # name -> float32 [out, in], summed W * grad
         from diffusers import DDPMScheduler
@@ -62,6 +81,27 @@ class ConesLearner(CNSLearner):
         self.losses: list[float] = []
         self.seconds = 0.0
         self.select_seconds = 0.0
+
+    def _joint_union(self, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The union of the named Cones concepts' neurons; every name checked (exists, is Cones, is not joint)."""
+        if not names:
+            return {}
+        problems, sets = [], []
+        have = sorted(c.name for c in self.state.concepts if c.method == "cones" and not c.stats.get("joint_of"))
+        for name in names:
+            rec = self.state.concept(name)
+            if rec is None:
+                problems.append(f"tenant {self.request.tenant!r} has no concept {name!r}")
+            elif rec.method != "cones":
+                problems.append(f"{name!r} is a {rec.method} concept, not a Cones one")
+            elif rec.stats.get("joint_of"):
+                problems.append(f"{name!r} is itself a joint record (of {rec.stats['joint_of']})")
+            else:
+                sets.append(rec.neurons)
+        if problems:
+            raise InputError("cones_joint: " + "; ".join(problems) + f". Name two or more of the tenant's single-subject "
+                             f"Cones concepts (it has {have or 'none'}), learned before this run")
+        return cones.union(sets)
 
     def _patched_unet(self):
         """Every target linear runs with a dense leaf copy of its current weight, so backward fills its grad."""
@@ -96,7 +136,8 @@ class ConesLearner(CNSLearner):
     def state_dict(self) -> dict:
         return {
             "format": STATE_FORMAT, "method": "cones", "tenant": self.request.tenant, "concept": self.request.concept,
-            "token": self.token, "parent_version": self.parent_version, "step_index": self.step_index,
+            "token": self.token, "parent_version": self.parent_version, "joint_of": list(self.cfg.cones_joint),
+            "step_index": self.step_index,
             "scores": {n: s.cpu().clone() for n, s in self.scores.items()}, "losses": list(self.losses),
             "seconds": self.seconds,
         }
@@ -104,8 +145,9 @@ class ConesLearner(CNSLearner):
     def load_state_dict(self, d: dict) -> None:
         problems = []
         for key, mine in (("format", STATE_FORMAT), ("method", "cones"), ("tenant", self.request.tenant),
-                          ("concept", self.request.concept), ("token", self.token), ("parent_version", self.parent_version)):
-            if d.get(key) != mine:
+                          ("concept", self.request.concept), ("token", self.token), ("parent_version", self.parent_version),
+                          ("joint_of", list(self.cfg.cones_joint))):
+            if d.get(key, [] if key == "joint_of" else None) != mine:  # checkpoints from before joint runs: []
                 problems.append(f"{key} is {d.get(key)!r} in the checkpoint but {mine!r} here")
         bad = [n for n, s in d.get("scores", {}).items()
                if n not in self.start_weights or tuple(s.shape) != tuple(self.start_weights[n].shape)]
@@ -133,8 +175,15 @@ class ConesLearner(CNSLearner):
         neurons = self.neurons()
         if not neurons:
             log.warning("Cones concept %r: no weight has a positive score; it shuts nothing", self.request.concept)
+        if self.joint_shut:  # never re-selected (their score is 0); dropped here too for a clean record
+            neurons = {n: i[~torch.isin(i, self.joint_shut[n].cpu())] if n in self.joint_shut else i
+                       for n, i in neurons.items()}
+            neurons = {n: i for n, i in neurons.items() if i.numel()}
+        stats = self.stats(neurons)
+        if self.cfg.cones_joint:
+            stats["joint_of"] = list(self.cfg.cones_joint)
         record = ConceptRecord(name=self.request.concept, token=self.token, class_word=self.request.class_word,
-                               neurons=neurons, method="cones", stats=self.stats(neurons),
+                               neurons=neurons, method="cones", stats=stats,
                                shapes={n: tuple(self.base_weights[n].shape) for n in neurons})
         return TenantState(tenant=self.request.tenant, base_id=self.base.base_id, delta=self.state.delta,
                            tokens=dict(self.state.tokens), concepts=[*self.state.concepts, record])

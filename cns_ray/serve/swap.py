@@ -46,6 +46,8 @@ class ServedTenant:
     loaded_at: float = field(default_factory=time.monotonic)
     shut: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     """Cones concepts: placeholder -> layer -> int64 flat indices on ``device`` (validated at load)."""
+    joint: list[tuple[frozenset[str], dict[str, torch.Tensor]]] = field(default_factory=list)
+    """Joint Cones refinements (``stats["joint_of"]``): (the placeholders a prompt must all name, extra indices)."""
 
     def cones_in(self, prompt: str) -> tuple[str, list[str]]:
         """(the prompt without this tenant's Cones placeholders, the placeholders it named, in order)."""
@@ -62,7 +64,8 @@ class ServedTenant:
         unknown = [t for t in named if t not in self.shut]
         if unknown:
             raise InputError(f"{unknown} are not Cones concepts of tenant {self.tenant!r} (it has {sorted(self.shut)})")
-        return cones.with_shut(self.delta, weights, cones.union(self.shut[t] for t in named))
+        extra = [idx for need, idx in self.joint if need <= set(named)]  # joint refinements whose subjects are all named
+        return cones.with_shut(self.delta, weights, cones.union([*(self.shut[t] for t in named), *extra]))
 
     @classmethod
     def from_state(cls, state, device: str | torch.device, dtype: torch.dtype) -> "ServedTenant":
@@ -79,10 +82,17 @@ class ServedTenant:
                 source=f"tenant {state.tenant!r} version {state.version}",
             )
         tokens = {t: v.detach().to(device=device, dtype=torch.float32) for t, v in state.tokens.items()}
-        shut = {c.token: {n: i.to(device=device, dtype=torch.int64) for n, i in c.neurons.items()}
-                for c in state.concepts if c.method == "cones"}
+        def on_device(c):
+            return {n: i.to(device=device, dtype=torch.int64) for n, i in c.neurons.items()}
+
+        single = [c for c in state.concepts if c.method == "cones" and not c.stats.get("joint_of")]
+        shut = {c.token: on_device(c) for c in single}
+        by_name = {c.name: c.token for c in single}
+        joint = [(frozenset(by_name[n] for n in c.stats["joint_of"]), on_device(c)) for c in state.concepts
+                 if c.method == "cones" and c.stats.get("joint_of") and all(n in by_name for n in c.stats["joint_of"])]
         return cls(
             shut=shut,
+            joint=joint,
             tenant=state.tenant,
             version=state.version,
             delta=SparseDelta(d.base_id, dict(d.shapes), layers),
