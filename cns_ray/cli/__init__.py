@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "cns_ray.cli.serve_cmds",  # serve, generate
     "cns_ray.cli.demo_cmd",  # demo
     "cns_ray.cli.eval_cmd",  # eval
+    "cns_ray.cli.synth_cmd",  # synthesize
 )
 
 

@@ -146,6 +146,7 @@ class Ingress:
         self.guard = GuardState(self.cfg, self.keys, self.metrics, tuple(r for r in roots if r))
         self.metrics.in_flight = self.guard.in_flight
         self._limits: Limits | None = None
+        self._synth = None  # cns_ray.serve.learn_route.SynthService, made by the first method=synthesize request
 
     # ---------------------------------------------------------------- helpers
     async def limits(self) -> Limits:
@@ -277,8 +278,14 @@ class Ingress:
         method: str = Form("cns"),
         who: Principal = Depends(principal),
     ):
-        from cns_ray.serve.learn_route import submit_learning
+        from cns_ray.serve.learn_route import SYNTHESIZE, SynthService, submit_learning, synthesize_upload
 
+        if method == SYNTHESIZE:  # zero-shot: committed within the request (cns_ray/synth/), no job
+            self._synth = self._synth or SynthService(self.cfg)
+            out = await synthesize_upload(self.cfg, self.store, self._synth, who.tenant, images, concept, class_word,
+                                          token, steps)
+            await self._reload(who.tenant)
+            return JSONResponse(out, status_code=201)
         job_id = await submit_learning(self.cfg, self.store, who.tenant, images, concept, class_word, token, steps,
                                        method=method)
         return JSONResponse({"job_id": job_id, "tenant": who.tenant, "concept": concept, "method": method}, status_code=202)

@@ -83,8 +83,9 @@ async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concep
     """Check the form, save the images, submit the job; ``method``: ``cns`` (default) or ``cones``."""
     from cns_ray.config import LearnerConfig
 
-    if method not in METHODS:
-        raise _api_error(422, "invalid_request", f"method={method[:20]!r} must be one of {list(METHODS)} (default 'cns')")
+    if method not in METHODS or method == "synthesized":  # a synthesized concept is made by method=synthesize
+        raise _api_error(422, "invalid_request", f"method={method[:20]!r} must be one of {['cns', 'cones', SYNTHESIZE]} "
+                         "(default 'cns')")
     try:
         validate_name(concept, "concept")
         token = validate_token(token if token else f"<{concept}>")
@@ -132,3 +133,86 @@ async def job_for_tenant(cfg: ServingConfig, tenant: str, job_id: str) -> dict:
     if not status or status.get("tenant") != tenant:
         raise not_found
     return status
+
+
+SYNTHESIZE = "synthesize"
+"""``method=synthesize``: a zero-shot concept (cns_ray/synth/), committed within the request, no job queue."""
+MAX_HTTP_REFINE_STEPS = 100
+"""Most warm-started CNS steps a synthesize request runs inside the request (more: learn with method=cns)."""
+
+
+class SynthService:
+    """What synthesis needs, loaded on first use and kept by the ingress replica: the base (tokenizer, text encoder,
+    target weights), the shipped synthesizer, the metric model's image encoder, the general masks."""
+
+    def __init__(self, cfg: ServingConfig):
+        import threading
+
+        self.cfg = cfg
+        self._lock = threading.Lock()
+        self._parts = None
+
+    def parts(self, store):
+        with self._lock:
+            if self._parts is None:
+                import torch
+
+                from cns_ray.config import LearnerConfig
+                from cns_ray.eval.metric_model import load_metric_model
+                from cns_ray.jobs.calibrate import general_masks
+                from cns_ray.jobs.train import resolve_learner_config
+                from cns_ray.models import load_base_model
+                from cns_ray.synth.synthesizer import Synthesizer, default_synth_folder
+
+                torch.set_num_threads(1)
+                base = load_base_model(self.cfg.base_model)
+                synth = Synthesizer.load(default_synth_folder())
+                synth.check_base(base.base_id)
+                lcfg = resolve_learner_config(LearnerConfig(steps=None, token_lr=None, weight_lr=None, augment=False),
+                                              self.cfg.base_model)
+                self._parts = (base, synth, load_metric_model(synth.meta.get("metric", "toy")), lcfg,
+                               general_masks(base, store, lcfg.selection))
+            return self._parts
+
+    def run(self, store, tenant: str, pngs: list[bytes], concept: str, class_word: str, token: str, refine_steps: int) -> dict:
+        import tempfile
+        from pathlib import Path
+
+        from cns_ray.learn import ConceptRequest
+        from cns_ray.synth.apply import synthesize_concept
+
+        base, synth, metric, lcfg, general = self.parts(store)
+        with tempfile.TemporaryDirectory() as d:
+            for i, data in enumerate(pngs):
+                (Path(d) / f"{i:03d}.png").write_bytes(data)
+            req = ConceptRequest(tenant=tenant, concept=concept, class_word=class_word, images=d, token=token)
+            version, stats = synthesize_concept(base, store, req, synth, metric, lcfg, refine_steps=refine_steps,
+                                                general=general)
+        return {"tenant": tenant, "concept": concept, "method": "synthesized", "version": version,
+                "seconds": stats["seconds"], "refine_steps": refine_steps}
+
+
+async def synthesize_upload(cfg: ServingConfig, store, service: SynthService, tenant: str, images, concept: str,
+                            class_word: str, token: str | None, steps: int | None) -> dict:
+    """Check the form like :func:`submit_learning`, then synthesize and commit in a worker thread; ``steps``: refine
+    steps (default 0)."""
+    try:
+        validate_name(concept, "concept")
+        token = validate_token(token if token else f"<{concept}>")
+    except ValueError as e:
+        raise _api_error(422, "invalid_name", str(e)) from e
+    if not class_word.strip() or len(class_word) > 64:
+        raise _api_error(422, "invalid_request", f"class_word {class_word[:70]!r} must be 1-64 characters, e.g. 'dog'")
+    refine = 0 if steps is None else steps
+    if not 0 <= refine <= MAX_HTTP_REFINE_STEPS:
+        raise _api_error(422, "invalid_request", f"steps={steps} with method=synthesize are refine steps, in [0, "
+                         f"{MAX_HTTP_REFINE_STEPS}]: for a longer run learn with method=cns")
+    blobs = []
+    for f in images:
+        blobs.append((f.filename or "image", await f.read(cfg.max_upload_bytes + 1)))
+        if sum(len(b) for _, b in blobs) > cfg.max_upload_bytes:
+            raise _api_error(413, "upload_too_large", f"images exceed {cfg.max_upload_bytes} bytes in total: send fewer or smaller images")
+    pngs = await asyncio.to_thread(check_images, blobs, cfg)
+    out = await asyncio.to_thread(service.run, store, tenant, pngs, concept, class_word.strip(), token, refine)
+    log.info("tenant %s: synthesized %s (%d images) -> version %d", tenant, concept, len(pngs), out["version"])
+    return out

@@ -14,7 +14,7 @@ import torch
 
 from cns_ray.errors import DeltaValidationError, InputError
 from cns_ray.store.names import validate_name, validate_token
-from cns_ray.store.state import METHODS, ConceptRecord, TenantState
+from cns_ray.store.state import DELTA_METHODS, METHODS, ConceptRecord, TenantState
 
 UINT32_LIMIT = 2**32
 
@@ -54,7 +54,7 @@ def semantic_problems(state: TenantState, shapes: dict | None = None, token_dim:
 def _coverage_problems(state: TenantState) -> list[str]:
     p = []
     for layer, d in state.delta.layers.items():  # Cones concepts hold no delta entries: they cover none
-        parts = [c.neurons[layer].long() for c in state.concepts if layer in c.neurons and c.method == "cns"]
+        parts = [c.neurons[layer].long() for c in state.concepts if layer in c.neurons and c.method in DELTA_METHODS]
         idx = d.index.long()
         outside = int((~torch.isin(idx, torch.cat(parts))).sum()) if parts else int(idx.numel())
         if outside:
@@ -89,7 +89,7 @@ def _concept_problems(state: TenantState, shapes: dict | None = None) -> list[st
     for c in state.concepts:
         if c.method not in METHODS:
             p.append(f"concept {c.name!r}: method {c.method!r} must be one of {METHODS}")
-        if c.method == "cns" and c.token not in state.tokens:
+        if c.method in DELTA_METHODS and c.token not in state.tokens:
             p.append(f"concept {c.name!r}: its token {c.token!r} has no embedding in the state's tokens")
         try:
             json.dumps(c.stats)
@@ -130,7 +130,7 @@ def drop_for_concept(rec: ConceptRecord, rest: list[ConceptRecord]) -> dict[str,
     if rec.method == "cones":
         return drop
     for layer, idx in rec.neurons.items():
-        covered = [c.neurons[layer] for c in rest if layer in c.neurons and c.method == "cns"]
+        covered = [c.neurons[layer] for c in rest if layer in c.neurons and c.method in DELTA_METHODS]
         idx = idx.long()
         if covered:
             idx = idx[~torch.isin(idx, torch.cat(covered).long())]

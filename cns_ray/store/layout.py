@@ -5,6 +5,7 @@
     uploads/{tenant}/{upload_id}/{i:03d}.png          images sent to the HTTP learn route
     checkpoints/{tenant}/{run}/...                    Ray Train checkpoints of learning runs
     inputs/...                                        folders named ``store:inputs/...`` as learning inputs
+    library/{base_id}/...                             the zero-shot synthesizer's concept library (cns_ray/synth/library.py)
 
 A folder under the store is named ``store:REL`` (``STORE_REF``) in learning requests, so that what a run records
 stays valid when the store moves.
@@ -20,7 +21,7 @@ from cns_ray.errors import InvalidNameError, StoreError
 from cns_ray.fs import Location, resolve
 from cns_ray.store.names import validate_name
 
-TOP_LEVEL = ("bases", "tenants", "uploads", "checkpoints", "inputs")
+TOP_LEVEL = ("bases", "tenants", "uploads", "checkpoints", "inputs", "library")
 STORE_REF = "store:"
 
 

@@ -8,7 +8,9 @@ import torch
 
 from cns_ray.delta import SparseDelta
 
-METHODS = ("cns", "cones")
+METHODS = ("cns", "cones", "synthesized")
+DELTA_METHODS = ("cns", "synthesized")
+"""Methods whose concepts hold delta values on their neurons and a token embedding (synthesized: cns_ray/synth/)."""
 
 
 @dataclass
@@ -24,7 +26,8 @@ class ConceptRecord:
     neurons: dict[str, torch.Tensor]
     """layer -> sorted unique flat int64 indices into ``[out*in]``."""
     method: str = "cns"
-    """``cns`` or ``cones`` (cones: indices only, no delta values)."""
+    """``cns``, ``cones`` (indices only, no delta values) or ``synthesized`` (values proposed by the synthesizer:
+    stored and served like ``cns``)."""
     stats: dict = field(default_factory=dict)
     """JSON-serialisable (steps, final_loss, n_images, seconds, ...)."""
     version_added: int | None = None

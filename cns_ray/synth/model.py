@@ -1,0 +1,178 @@
+"""The synthesizer's networks and their training loops (pure torch: no store, no base model, no Ray).
+
+After LoRA Diffusion (Smith et al., arXiv 2412.02352), at toy scale:
+
+- **VAE over concept states.** A state vector ``x`` [D] (:mod:`cns_ray.synth.coords`; D ~ 10^4 on the shipped base)
+  is first projected on the library's principal directions (a fixed linear layer, fitted by SVD: ``p = (x - mean)
+  @ basis.T / scale``, [k]) and an MLP VAE maps ``p`` to a latent ``z`` [z_dim] and back. The projection keeps the
+  file small (k x D numbers instead of an MLP's D x hidden) and is exact on the library's span.
+- **Conditional generator in the latent.** Flow matching (rectified flow): ``z_t = (1 - t) z0 + t z1`` with
+  ``z0 ~ N(0, I)`` and ``z1`` a library concept's (standardised) latent mean; an MLP predicts ``z1 - z0`` from
+  ``(z_t, t, c)`` where ``c`` is the image embedding of the concept's references. Sampling integrates the ODE from
+  seeded noise (Euler), so a seed gives one deterministic state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cns_ray.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Sizes and training of the synthesizer (defaults: the shipped one)."""
+
+    pca_dim: int = 64
+    """Principal directions kept (at most the library size - 1)."""
+    z_dim: int = 16
+    """VAE latent width."""
+    hidden: int = 256
+    """Hidden width of the VAE and flow MLPs."""
+    kl_weight: float = 1e-4
+    """Weight of the VAE's KL term (small: the VAE is a compressor, the flow models the distribution)."""
+    vae_steps: int = 3000
+    flow_steps: int = 6000
+    batch_size: int = 64
+    lr: float = 1e-3
+    cond_noise: float = 0.05
+    """Gaussian noise added to the (unit) condition embeddings in training, so nearby embeddings map nearby."""
+    sample_steps: int = 20
+    """Euler steps of the sampling ODE."""
+    temperature: float = 1.0
+    """Scale of the sampling noise z0 (0: the ODE from the origin, one state per condition)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        p = []
+        for name in ("pca_dim", "z_dim", "hidden", "vae_steps", "flow_steps", "batch_size", "sample_steps"):
+            if int(getattr(self, name)) < 1:
+                p.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.lr <= 0 or self.kl_weight < 0 or self.cond_noise < 0 or self.temperature < 0:
+            p.append(f"lr={self.lr} must be > 0; kl_weight={self.kl_weight}, cond_noise={self.cond_noise} and "
+                     f"temperature={self.temperature} must be >= 0")
+        if p:
+            raise ConfigError("invalid SynthConfig: " + "; ".join(p))
+
+
+def _mlp(i: int, h: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, o))
+
+
+class Projection(nn.Module):
+    """The fixed linear first/last layer: x [*, D] <-> p [*, k] (principal directions, whitened)."""
+
+    def __init__(self, dim: int, k: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("basis", torch.zeros(k, dim))  # [k, D], orthonormal rows
+        self.register_buffer("scale", torch.ones(k))  # [k]
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        """Principal directions of x [N, D] (N >= 2)."""
+        mean = x.mean(0)
+        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)  # vh [min(N, D), D]
+        k = self.basis.shape[0]
+        self.mean.copy_(mean)
+        self.basis.copy_(vh[:k])
+        self.scale.copy_((s[:k] / max(x.shape[0] - 1, 1) ** 0.5).clamp(min=1e-8))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.basis.T / self.scale  # [*, k]
+
+    def decode(self, p: torch.Tensor) -> torch.Tensor:
+        return (p * self.scale) @ self.basis + self.mean  # [*, D]
+
+
+class StateVAE(nn.Module):
+    """Projection + MLP VAE: x [*, D] -> (mu, logvar) [*, z]; z -> x."""
+
+    def __init__(self, dim: int, cfg: SynthConfig, k: int):
+        super().__init__()
+        self.proj = Projection(dim, k)
+        self.enc = _mlp(k, cfg.hidden, 2 * cfg.z_dim)
+        self.dec = _mlp(cfg.z_dim, cfg.hidden, k)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.enc(self.proj.encode(x)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12, 6)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.proj.decode(self.dec(z))
+
+    def round_trip(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(mean of encode(x)): x [N, D] -> [N, D]."""
+        return self.decode(self.encode(x)[0])
+
+
+class FlowNet(nn.Module):
+    """v(z_t, t, c) [*, z]: an MLP on [z_t, t features, c]."""
+
+    def __init__(self, z_dim: int, cond_dim: int, hidden: int):
+        super().__init__()
+        self.net = _mlp(z_dim + 8 + cond_dim, hidden, z_dim)
+
+    @staticmethod
+    def _time(t: torch.Tensor) -> torch.Tensor:  # t [B] -> [B, 8]
+        f = torch.arange(1, 5, dtype=t.dtype, device=t.device) * torch.pi
+        return torch.cat([torch.sin(t[:, None] * f), torch.cos(t[:, None] * f)], dim=-1)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z, self._time(t), c], dim=-1))
+
+
+def train_vae(vae: StateVAE, x: torch.Tensor, cfg: SynthConfig, gen: torch.Generator) -> list[float]:
+    """Fit the projection on x [N, D], then the VAE on the projected library; returns the loss curve."""
+    vae.proj.fit(x)
+    p_all = vae.proj.encode(x).detach()  # [N, k]
+    opt = torch.optim.Adam([*vae.enc.parameters(), *vae.dec.parameters()], lr=cfg.lr)
+    losses = []
+    for _ in range(cfg.vae_steps):
+        p = p_all[torch.randint(0, len(p_all), (cfg.batch_size,), generator=gen)]
+        mu, logvar = vae.enc(p).chunk(2, dim=-1)
+        logvar = logvar.clamp(-12, 6)
+        z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
+        rec = F.mse_loss(vae.dec(z), p)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
+        loss = rec + cfg.kl_weight * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def train_flow(flow: FlowNet, z1: torch.Tensor, cond: torch.Tensor, cfg: SynthConfig, gen: torch.Generator) -> list[float]:
+    """Rectified flow from N(0, I) to the latents z1 [N, z] given conditions cond [N, c] (unit vectors)."""
+    opt = torch.optim.Adam(flow.parameters(), lr=cfg.lr)
+    losses = []
+    for _ in range(cfg.flow_steps):
+        pick = torch.randint(0, len(z1), (cfg.batch_size,), generator=gen)
+        target, c = z1[pick], cond[pick]
+        if cfg.cond_noise:
+            c = F.normalize(c + cfg.cond_noise * torch.randn(c.shape, generator=gen), dim=-1)
+        z0 = torch.randn(target.shape, generator=gen)
+        t = torch.rand(len(pick), generator=gen)
+        zt = (1 - t[:, None]) * z0 + t[:, None] * target
+        loss = F.mse_loss(flow(zt, t, c), target - z0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@torch.no_grad()
+def sample_flow(flow: FlowNet, cond: torch.Tensor, z_dim: int, steps: int, temperature: float,
+                gen: torch.Generator) -> torch.Tensor:
+    """Euler integration of the flow from seeded noise: cond [B, c] -> z [B, z]."""
+    z = temperature * torch.randn((cond.shape[0], z_dim), generator=gen)
+    for i in range(steps):
+        t = torch.full((cond.shape[0],), i / steps)
+        z = z + flow(z, t, cond) / steps
+    return z

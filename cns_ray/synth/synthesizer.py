@@ -1,0 +1,143 @@
+"""The trained synthesizer: reference embedding -> a concept-state vector on its coordinate set; save and load.
+
+Files (a folder, a few MB): ``synth.safetensors`` (the coordinates as int32 per layer, the projection, the VAE and
+flow weights, the latent statistics) and ``synth.json`` (config, base_id, layer shapes, token width, the metric
+model whose image encoder gives the condition, training summary). A synthesizer made for one base is refused on
+another (its coordinates and values mean nothing there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cns_ray.errors import BaseMismatchError, ModelLoadError
+from cns_ray.synth.coords import CoordSet
+from cns_ray.synth.model import FlowNet, StateVAE, SynthConfig, sample_flow, train_flow, train_vae
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "synth.safetensors"
+META = "synth.json"
+FORMAT = 1
+
+
+class Synthesizer:
+    """A VAE over concept states and a conditional flow in its latent, on one base model's coordinate set."""
+
+    def __init__(self, coords: CoordSet, cfg: SynthConfig, cond_dim: int, base_id: str, k: int, meta: dict | None = None):
+        self.coords, self.cfg, self.cond_dim, self.base_id, self.k = coords, cfg, int(cond_dim), base_id, int(k)
+        self.vae = StateVAE(coords.dim, cfg, self.k)
+        self.flow = FlowNet(cfg.z_dim, self.cond_dim, cfg.hidden)
+        self.z_mean = torch.zeros(cfg.z_dim)
+        self.z_std = torch.ones(cfg.z_dim)
+        self.meta = dict(meta or {})
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def fit(cls, x: torch.Tensor, cond: torch.Tensor, coords: CoordSet, base_id: str, cfg: SynthConfig = SynthConfig(),
+            meta: dict | None = None) -> "Synthesizer":
+        """Train on library vectors x [N, D] and their reference embeddings cond [N, c] (N >= 2)."""
+        if x.ndim != 2 or x.shape[1] != coords.dim or cond.shape[0] != x.shape[0] or x.shape[0] < 2:
+            raise ModelLoadError(f"training data x {tuple(x.shape)} / cond {tuple(cond.shape)} must be [N, {coords.dim}] "
+                                 "and [N, c] with N >= 2 library concepts: build a larger library")
+        k = max(1, min(cfg.pca_dim, x.shape[0] - 1))
+        synth = cls(coords, cfg, cond.shape[1], base_id, k, meta)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the modules' initial weights
+        synth.vae = StateVAE(coords.dim, cfg, k)
+        synth.flow = FlowNet(cfg.z_dim, synth.cond_dim, cfg.hidden)
+        vae_losses = train_vae(synth.vae, x.float(), cfg, gen)
+        with torch.no_grad():
+            mu = synth.vae.encode(x.float())[0]  # [N, z]
+            synth.z_mean, synth.z_std = mu.mean(0), mu.std(0).clamp(min=1e-4)
+        flow_losses = train_flow(synth.flow, (mu - synth.z_mean) / synth.z_std, F.normalize(cond.float(), dim=-1), cfg, gen)
+        synth.vae.eval()
+        synth.flow.eval()
+        synth.meta.update({"library_size": int(x.shape[0]), "pca_dim": k,
+                           "vae_loss_last100": sum(vae_losses[-100:]) / min(100, len(vae_losses)),
+                           "flow_loss_last100": sum(flow_losses[-100:]) / min(100, len(flow_losses))})
+        return synth
+
+    # ------------------------------------------------------------------ use
+    @torch.no_grad()
+    def sample(self, embedding: torch.Tensor, seed: int = 0, temperature: float | None = None) -> torch.Tensor:
+        """A state vector [D] for one reference embedding [c] (deterministic for a seed)."""
+        if embedding.shape != (self.cond_dim,):
+            raise ModelLoadError(f"reference embedding of shape {tuple(embedding.shape)}, the synthesizer was trained on "
+                                 f"[{self.cond_dim}] embeddings ({self.meta.get('metric', 'its metric model')}): use the "
+                                 "metric model it was trained with")
+        gen = torch.Generator().manual_seed(int(seed))
+        c = F.normalize(embedding.float(), dim=-1)[None]
+        temp = self.cfg.temperature if temperature is None else float(temperature)
+        z = sample_flow(self.flow, c, self.cfg.z_dim, self.cfg.sample_steps, temp, gen)[0]
+        return self.vae.decode(z * self.z_std + self.z_mean)
+
+    def check_base(self, base_id: str) -> None:
+        if base_id != self.base_id:
+            raise BaseMismatchError(
+                [f"the synthesizer was trained for base_id {self.base_id!r}, the base is {base_id!r}: rebuild it for this "
+                 "base (python -m pipelines.build_library, then python -m pipelines.train_synth), or use its base"],
+                source=self.meta.get("folder", "synthesizer"))
+
+    # ------------------------------------------------------------------ files
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"coords.{n}": self.coords.index[n].to(torch.int32).contiguous() for n in self.coords.layers}
+        tensors.update({f"vae.{k}": v.detach().float().contiguous() for k, v in self.vae.state_dict().items()})
+        tensors["vae.proj.basis"] = self.vae.proj.basis.half().contiguous()  # the bulk of the file
+        tensors.update({f"flow.{k}": v.detach().float().contiguous() for k, v in self.flow.state_dict().items()})
+        tensors["z_mean"], tensors["z_std"] = self.z_mean.contiguous(), self.z_std.contiguous()
+        save_file(tensors, str(folder / WEIGHTS))
+        meta = {"format": FORMAT, "base_id": self.base_id, "config": asdict(self.cfg), "cond_dim": self.cond_dim,
+                "pca_dim": self.k, "token_dim": self.coords.token_dim,
+                "shapes": {n: list(self.coords.shapes[n]) for n in self.coords.layers}, **{
+                    k: v for k, v in self.meta.items() if k not in ("folder",)}}
+        (folder / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Synthesizer":
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / META).exists() or not (folder / WEIGHTS).exists():
+            raise ModelLoadError(f"{folder} holds no synthesizer (needs {META} and {WEIGHTS}): train one with "
+                                 "python -m pipelines.train_synth (after python -m pipelines.build_library)")
+        try:
+            meta = json.loads((folder / META).read_text())
+            if meta.get("format") != FORMAT:
+                raise ModelLoadError(f"{folder / META} has format {meta.get('format')!r}, this cns-ray reads {FORMAT}: retrain it")
+            t = load_file(str(folder / WEIGHTS))
+            shapes = {n: tuple(s) for n, s in meta["shapes"].items()}
+            coords = CoordSet(shapes, {n: t[f"coords.{n}"].long() for n in shapes}, int(meta["token_dim"]))
+            extra = {k: v for k, v in meta.items() if k not in ("format", "base_id", "config", "cond_dim", "pca_dim",
+                                                                  "token_dim", "shapes")}
+            synth = cls(coords, SynthConfig(**meta["config"]), meta["cond_dim"], meta["base_id"], meta["pca_dim"],
+                        {**extra, "folder": str(folder)})
+            synth.vae.load_state_dict({k[4:]: v.float() for k, v in t.items() if k.startswith("vae.")})
+            synth.flow.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("flow.")})
+            synth.z_mean, synth.z_std = t["z_mean"], t["z_std"]
+        except ModelLoadError:
+            raise
+        except Exception as e:  # noqa: BLE001 - safetensors, json and torch each raise their own types here
+            raise ModelLoadError(f"{folder} is not a readable synthesizer ({type(e).__name__}: {e}): retrain it with "
+                                 "python -m pipelines.train_synth") from e
+        synth.vae.eval()
+        synth.flow.eval()
+        return synth
+
+
+def default_synth_folder() -> Path:
+    """Where the synthesizer for the shipped ``tiny`` base lives (inside the package)."""
+    from cns_ray.data import data_path
+
+    return data_path("synth", "tiny-world")
