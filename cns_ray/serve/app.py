@@ -33,7 +33,13 @@ def build_app(config: ServingConfig):
     cfg = config.to_dict()
     gpu = _wants_gpu(config)
     actor_opts = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": config.num_cpus}
-    gen_opts: dict = {"ray_actor_options": actor_opts}
+    gen_opts: dict = {"ray_actor_options": actor_opts, "max_ongoing_requests": config.generator_ongoing()}
+    if config.batch_mode == "mixed":  # no multiplexed ids on mixed calls: route by the tenant argument
+        from ray.serve.config import RequestRouterConfig
+
+        from cns_ray.serve.routing import ROUTER_PATH
+
+        gen_opts["request_router_config"] = RequestRouterConfig(request_router_class=ROUTER_PATH)
     if config.autoscaling:
         gen_opts["autoscaling_config"] = dict(config.autoscaling)
     else:

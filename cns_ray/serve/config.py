@@ -37,6 +37,10 @@ class ServingConfig:
     """``mixed``: most requests per pipeline call (requests share a call only with the same size, steps, guidance)."""
     batch_wait_timeout_s: float = 0.01
     """``mixed``: how long the first request of a batch waits for others."""
+    generator_max_ongoing_requests: int | None = None
+    """Requests one generator replica takes at once, running and queued (Serve's ``max_ongoing_requests``); None =
+    16 in ``swap`` mode, ``max(16, 3 * max_batch_size)`` in ``mixed`` mode so that a full batch gathers behind the one
+    running (with fewer, calls run part-empty under load: benchmarks/README.md, mixed batches over HTTP)."""
     max_tenants_per_replica: int = 16
     """Tenant states kept resident per replica (LRU through Serve's model multiplexing)."""
     refresh_ttl_s: float = 10.0
@@ -112,6 +116,8 @@ class ServingConfig:
         check(self.batch_mode in ("swap", "mixed"), f"batch_mode={self.batch_mode!r} must be 'swap' or 'mixed'")
         check(1 <= self.max_batch_size <= 256, f"max_batch_size={self.max_batch_size} must be in [1, 256]")
         check(0 <= self.batch_wait_timeout_s <= 10, f"batch_wait_timeout_s={self.batch_wait_timeout_s} must be in [0, 10] seconds")
+        check(self.generator_max_ongoing_requests is None or self.generator_max_ongoing_requests >= 1,
+              f"generator_max_ongoing_requests={self.generator_max_ongoing_requests} must be None or >= 1")
         check(self.max_tenants_per_replica >= 1, f"max_tenants_per_replica={self.max_tenants_per_replica} must be >= 1")
         check(self.refresh_ttl_s >= 0, f"refresh_ttl_s={self.refresh_ttl_s} must be >= 0")
         check(self.max_prompt_chars >= 1, f"max_prompt_chars={self.max_prompt_chars} must be >= 1")
@@ -142,6 +148,12 @@ class ServingConfig:
         check(self.fault_marker is None or bool(self.fault_marker), "fault_marker must be None or a non-empty string")
         if p:
             raise ConfigError("invalid ServingConfig: " + "; ".join(p))
+
+    def generator_ongoing(self) -> int:
+        """The generator replicas' ``max_ongoing_requests`` (see ``generator_max_ongoing_requests``)."""
+        if self.generator_max_ongoing_requests is not None:
+            return self.generator_max_ongoing_requests
+        return max(16, 3 * self.max_batch_size) if self.batch_mode == "mixed" else 16
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -156,7 +156,8 @@ class GeneratorCore:
         """The mixed path on the calling thread: per item its images, or the exception that failed it.
 
         Items are validated one by one first (a tenant's foreign or mismatched delta fails only its requests), then
-        grouped by (size, steps, guidance); a group that fails fails its items only; a group whose requests are all
+        grouped by (size, steps, guidance); a group that fails is rerun one request at a time (only a request that
+        fails alone fails); a group whose requests are all
         cancelled stops after its current step."""
         from cns_ray.serve.batch import batch_key, generate_batch
 
@@ -177,13 +178,28 @@ class GeneratorCore:
                     images = generate_batch(self.base, self.weights, [items[i] for i in idx], self.config.fault_marker,
                                             [cancels[i] for i in idx], self._step)
                     self.batch_sizes[len(idx)] += 1
-                except Exception as e:  # noqa: BLE001 - a failed group fails its own requests only
-                    images = [e] * len(idx)
+                except Exception as e:  # noqa: BLE001 - a failed group: its requests again one by one
+                    images = self._one_by_one(items, idx, cancels) if len(idx) > 1 else [e]
                 for i, im in zip(idx, images):
                     out[i] = im
         finally:
             self.busy_s += time.perf_counter() - t0
             self.counters["batches"] += len(groups)
+        return out
+
+    def _one_by_one(self, items: list, idx: list[int], cancels: list[threading.Event]) -> list:
+        """After a failed mixed call: each of its requests alone (its delta swapped in), so that only a request
+        that fails by itself fails (as on the swap path), not its batch-mates."""
+        from cns_ray.serve.batch import generate_batch
+
+        out: list = []
+        for i in idx:
+            try:
+                out.append(generate_batch(self.base, self.weights, [items[i]], self.config.fault_marker, [cancels[i]], self._step)[0])
+                self.batch_sizes[1] += 1
+            except Exception as e:  # noqa: BLE001 - this request's own failure
+                out.append(e)
+        self.counters["batches"] += len(idx)
         return out
 
     async def generate_many(
