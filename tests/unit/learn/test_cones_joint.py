@@ -139,3 +139,31 @@ def test_cli_flag_reaches_the_job_entrypoint():
     assert cmd[cmd.index("--cones-joint") + 1] == "rex,mia"
     again = p.parse_args(cmd[3:])
     assert learn_request_and_config(again)[1].cones_joint == ("rex", "mia")
+
+
+def test_swap_and_mixed_paths_serve_the_joint_set_alike(joint, tiny_base):
+    import io
+
+    import numpy as np
+
+    from cns_ray.serve.batch import generate_batch
+    from cns_ray.serve.swap import GenerationRequest, ServedTenant, generate_images, weights_digest
+
+    def px(png):
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+    st = joint["state"]
+    with_joint = ServedTenant.from_state(st, "cpu", torch.float32)
+    without = ServedTenant.from_state(type(st)(tenant=st.tenant, base_id=st.base_id, delta=st.delta, tokens={},
+                                               concepts=[c for c in st.concepts if c.name != "rex_mia"]), "cpu", torch.float32)
+    prompt = wc.multi_prompts("seq1")[0][0]
+    req = GenerationRequest(prompt=prompt, steps=3, guidance_scale=4.0, seed=2)
+    weights = tiny_base.target_weights()
+    before = weights_digest(tiny_base)
+    batched = generate_batch(tiny_base, weights, [(with_joint, req), (without, req)])
+    assert weights_digest(tiny_base) == before
+    for tenant, got in zip((with_joint, without), batched):
+        diff = np.abs(px(got[0]) - px(generate_images(tiny_base, weights, tenant, req)[0]))
+        assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
+    assert weights_digest(tiny_base) == before
+    assert np.abs(px(batched[0][0]) - px(batched[1][0])).max() > 10  # the joint set changes the two-subject image
