@@ -81,9 +81,9 @@ def s3_env(moto_server, monkeypatch):
     yield bucket
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray cluster bound to 127.0.0.1 (shared by the session's integration tests)."""
+def init_local_ray() -> None:
+    """Start the session's local Ray (127.0.0.1 only) unless this process is connected to one. A module that needs
+    another cluster (tests/sim_cluster.py) shuts it down and calls this again when it is done."""
     import ray
 
     if not ray.is_initialized():
@@ -95,6 +95,14 @@ def ray_local():
             log_to_driver=False,
             configure_logging=False,
         )
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster bound to 127.0.0.1 (shared by the session's integration tests)."""
+    import ray
+
+    init_local_ray()
     yield ray
     try:
         from ray import serve

@@ -32,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to attach to (default: a new local one)")
     p.add_argument("--replicas", type=int, default=1, help="generator replicas (default %(default)s)")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per generator replica without GPU (default %(default)s)")
+    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="one GPU per generator replica (--no-gpu: none); default: when the cluster has or may add GPUs")
     p.add_argument("--keys-file", default=os.environ.get("CNS_KEYS_FILE"), help="JSON {sha256(key): tenant} (see `cns keys add`)")
     p.add_argument("--refresh-ttl", type=float, default=10.0, help="seconds between head-version checks (default %(default)s)")
     p.add_argument("--max-tenants", type=int, default=16, help="tenant states resident per replica (default %(default)s)")
@@ -153,6 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         base_model=args.base_model,
         default_guidance=base_defaults(args.base_model).guidance_scale,
         replicas=args.replicas,
+        use_gpu=args.gpu,
         num_cpus=args.num_cpus,
         keys_file=str(Path(args.keys_file).resolve()) if args.keys_file else None,
         admin_key_sha256=admin_hash,
@@ -166,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_in_flight_per_tenant=args.max_in_flight_per_tenant,
         safety_checker=args.safety_checker,
     )
-    from cns_ray.jobs.ray_env import init_ray
+    from cns_ray.jobs.ray_env import check_gpu_request, init_ray
 
     def _stop(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -174,7 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # A new local Ray binds 127.0.0.1 only; --address attaches to a cluster (RAY_ADDRESS under `ray job submit`).
     attached = bool(args.address)
     try:
-        init_ray(args.address or "local")
+        check_gpu_request(bool(args.gpu), init_ray(args.address or "local"))  # --gpu on a local Ray without GPUs: refused
         # SIGTERM drains like Ctrl-C (the default, and Ray's own handler, would leave Ray processes behind); set after
         # Ray started, which installs a handler of its own
         signal.signal(signal.SIGTERM, _stop)

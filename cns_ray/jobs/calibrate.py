@@ -130,8 +130,12 @@ def score_sharded(
 
     if base_spec not in EMBEDDED_MODELS and not base_spec.startswith("s3://") and os.path.exists(base_spec):
         base_spec = os.path.abspath(base_spec)  # actors may run in another working directory
-    shards = shard_prompts(prompts, num_actors)
     gpus = gpus_available()
+    if gpus >= 1 and num_actors > int(gpus):
+        # One scorer per GPU: more actors than GPUs would wait for a GPU that none of them gives back.
+        log.warning("%d scorer actors asked, the cluster has %d GPU(s): scoring in %d shards", num_actors, int(gpus), int(gpus))
+        num_actors = int(gpus)
+    shards = shard_prompts(prompts, num_actors)
     actor_cls = scorer_actor_class(num_gpus=1 if gpus >= 1 else 0)
     actors = [actor_cls.remote(base_spec) for _ in shards]
     log.info("scoring %d prompts in %d shards (%s)", len(prompts), len(shards), "GPU" if gpus >= 1 else "CPU")

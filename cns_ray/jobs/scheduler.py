@@ -5,6 +5,11 @@ each on the previous one's committed head; different tenants run concurrently, e
 calling :func:`cns_ray.jobs.train.run_learning`, so concurrency is bounded by the Train workers' resources. A
 failed job is marked failed with its error and the tenant's next job still runs.
 
+Placement on a cluster: the actor lives on the head node (``node:__internal_head__``, as Ray Train's own state
+actor), and each job's driver task runs on the actor's node, so Ray Train's controller (placed on its driver's node)
+is there too. Losing a GPU node then costs only the Train workers on it, which Ray Train restarts elsewhere from the
+run's last checkpoint (``FailureConfig``); the queue and the runs' drivers survive.
+
 The actor never blocks its event loop: it awaits object refs. Job records live in the actor's memory: they are lost
 if the actor dies (committed versions are in the store and are not).
 """
@@ -19,12 +24,15 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "cns"
 NAME = "cns-scheduler"
 STATES = ("queued", "running", "succeeded", "failed")
+HEAD_RESOURCE = "node:__internal_head__"
+"""A resource only the head node has (Ray sets it); a sliver of it pins the scheduler actor there."""
 
 
 def _now() -> str:
@@ -115,12 +123,14 @@ class LearnScheduler:
     async def _drain(self, tenant: str) -> None:
         me = ray.get_runtime_context().current_actor
         queue = self._queues[tenant]
+        # The job's driver on this actor's node (the head): a lost worker node must not take the run's driver along.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         while queue:
             job_id, req, cfg = queue.popleft()
             rec = self._jobs[job_id]
             rec.state, rec.started_at = "running", _now()
             try:
-                rec.version = await _run_job.remote(req, cfg, self.store_uri, self.base_model, job_id, me)
+                rec.version = await _run_job.options(scheduling_strategy=here).remote(req, cfg, self.store_uri, self.base_model, job_id, me)
                 rec.state = "succeeded"
                 rec.step = rec.total or rec.step
             except Exception as e:  # noqa: BLE001 - any failure marks the job failed; the queue goes on
@@ -163,7 +173,7 @@ def get_or_create_scheduler(store_uri: str, base_model: str, namespace: str = NA
     from cns_ray.jobs.train import _absolute
 
     store_uri = _absolute(store_uri)
-    actor_cls = ray.remote(num_cpus=0, max_concurrency=1000)(LearnScheduler)
+    actor_cls = ray.remote(num_cpus=0, max_concurrency=1000, resources={HEAD_RESOURCE: 0.001})(LearnScheduler)
     handle = actor_cls.options(name=name, namespace=namespace, lifetime="detached", get_if_exists=True).remote(
         store_uri, base_model
     )

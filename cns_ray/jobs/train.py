@@ -136,7 +136,12 @@ def run_learning(
     request = replace(request, parent_version=parent, images=images)
     run_name = run_name or f"{request.concept}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage_path, storage_fs = checkpoint_location(store_uri, request.tenant)
-    relay = _ProgressRelay.remote() if status_cb is not None else None
+    relay = None
+    if status_cb is not None:  # beside the driver: a lost worker node must not take the progress relay along
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        relay = _ProgressRelay.options(scheduling_strategy=here).remote()
 
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
@@ -360,6 +365,9 @@ def _train_loop(config: dict) -> None:
             if rec.name == request.concept:
                 rec.stats = {**(rec.stats or {}), "resumed_from_steps": resumes, "train_workers": world,
                              "train_device": str(learner.device), "process_group": _backend_name(),
+                             # which Ray actor (and node) made this result: placement checks against Ray's state API
+                             "train_actor_id": ray.get_runtime_context().get_actor_id(),
+                             "train_node_id": ray.get_runtime_context().get_node_id(),
                              INPUTS_KEY: recorded_inputs(request, cfg)}  # what `cns concepts purge` replays
         files = {RESULT_FILE: _torch_save(state), META_FILE: _write_json({"step": total, "resumes": resumes})}
         _report({"step": total, "total": total, "loss": loss, "final": True}, files if rank == 0 else {})
