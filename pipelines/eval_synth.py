@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -36,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="concepts evaluated at once (Ray tasks)")
     p.add_argument("--quick", action="store_true", help="2 concepts, 1 seed, 60 CNS steps, 20 refine steps")
     p.add_argument("--out", default="docs/eval/synth", help="folder for results.json and table.md")
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows of --out's results.json for methods not run now (e.g. run floor and cns first, "
+                        "while the library builds, then the rest)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     return p.parse_args(argv)
 
@@ -53,8 +57,9 @@ def _task(base_spec: str, synth_dir: str | None, library, name: str, cfg, learne
     from cns_ray.synth.synthesizer import Synthesizer, default_synth_folder
 
     base = load_base_model(base_spec)
-    synth = Synthesizer.load(synth_dir or default_synth_folder())
-    scorer = load_scorer(synth.meta.get("metric", "toy"), cfg.n_refs, 0, base.resolution)
+    needs_synth = set(cfg.methods) - {"floor", "cns"}
+    synth = Synthesizer.load(synth_dir or default_synth_folder()) if needs_synth else None
+    scorer = load_scorer(synth.meta.get("metric", "toy") if synth else "toy", cfg.n_refs, 0, base.resolution)
     lcfg = LearnerConfig.from_dict(learner_cfg)
     general = general_masks_local(base, load_prompts(base=base), lcfg.selection)
     return eval_concept(base, synth, scorer.metric, scorer, library, name, cfg, lcfg, general,
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from cns_ray.jobs.ray_env import init_ray
     from cns_ray.jobs.train import resolve_learner_config
     from cns_ray.models import load_base_model
-    from cns_ray.synth.evaluate import SynthEvalConfig, summarize
+    from cns_ray.synth.evaluate import METHODS, SynthEvalConfig, summarize
     from cns_ray.synth.library import ConceptLibrary, library_arrays
     from cns_ray.synth.synthesizer import Synthesizer, default_synth_folder
 
@@ -104,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                                   images_per_prompt=2, methods=cfg.methods)
         t0 = time.perf_counter()
         base = load_base_model(args.base_model)
-        synth = Synthesizer.load(args.synthesizer or default_synth_folder())
-        synth.check_base(base.base_id)
-        entries, x, cond, _ = library_arrays(base, ConceptLibrary(args.store, base.base_id), coords=synth.coords)
+        entries, x, cond, synth_meta = [], None, None, {}
+        if set(cfg.methods) - {"floor", "cns"}:
+            synth = Synthesizer.load(args.synthesizer or default_synth_folder())
+            synth.check_base(base.base_id)
+            synth_meta = synth.meta
+            entries, x, cond, _ = library_arrays(base, ConceptLibrary(args.store, base.base_id), coords=synth.coords)
         held = [n for n in cfg.concepts if n in {e.name for e in entries}]
         if held:
             raise CNSError(f"concepts {held} are in the library: evaluate on held-out instances only")
@@ -119,12 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     except CNSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = summarize(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = table(summary, cfg)
-    meta = {"base_id": base.base_id, "library_size": len(entries), "synthesizer": synth.meta, "config": cfg.__dict__,
+    meta = {"base_id": base.base_id, "library_size": len(entries), "synthesizer": synth_meta, "config": cfg.__dict__,
             "seconds": round(time.perf_counter() - t0, 1)}
+    if args.append and (out / "results.json").exists():
+        old = json.loads((out / "results.json").read_text())
+        if old["meta"]["base_id"] != base.base_id:
+            print(f"error: {out / 'results.json'} was measured on base {old['meta']['base_id']}, not {base.base_id}: "
+                  "drop --append", file=sys.stderr)
+            return 2
+        rows = [r for r in old["rows"] if r["method"] not in cfg.methods] + rows
+        meta = {**old["meta"], **{k: v for k, v in meta.items() if k != "config" and (v or k == "seconds")},
+                "runs": [*old["meta"].get("runs", [old["meta"].get("config")]), cfg.__dict__]}
+    summary = summarize(rows)
+    shown = replace(cfg, methods=tuple(m for m in METHODS if m in summary))
+    text = table(summary, shown)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1, default=str))
     (out / "table.md").write_text(text + "\n")
     print(text)

@@ -84,8 +84,9 @@ def eval_concept(base, synth, metric, scorer, library: tuple, name: str, cfg: Sy
         req = ConceptRequest(tenant="eval", concept=c.name, class_word=c.shape, images=str(folder), token=c.token)
         refs = torch.from_numpy(wc.reference_set(c, cfg.n_refs)[0])
         emb = reference_embedding(metric, refs.numpy())
-        nn_vec, nn_row = nearest(lib_x, lib_cond, emb)
-        bl_vec = blend(lib_x, lib_cond, emb, cfg.blend_k)
+        if lib_x is not None:
+            nn_vec, nn_row = nearest(lib_x, lib_cond, emb)
+            bl_vec = blend(lib_x, lib_cond, emb, cfg.blend_k)
         for seed in range(cfg.seeds):
             lcfg = replace(learner_cfg, seed=seed)
             for m in cfg.methods:

@@ -43,6 +43,8 @@ class SynthConfig:
     """Gaussian noise added to the (unit) condition embeddings in training, so nearby embeddings map nearby."""
     sample_steps: int = 20
     """Euler steps of the sampling ODE."""
+    token_weight: float = 1.0
+    """Share of the token block against the delta block in the projection (1: equal; see Projection)."""
     temperature: float = 1.0
     """Scale of the sampling noise z0 (0: the ODE from the origin, one state per condition)."""
     seed: int = 0
@@ -52,8 +54,8 @@ class SynthConfig:
         for name in ("pca_dim", "z_dim", "hidden", "vae_steps", "flow_steps", "batch_size", "sample_steps"):
             if int(getattr(self, name)) < 1:
                 p.append(f"{name}={getattr(self, name)} must be >= 1")
-        if self.lr <= 0 or self.kl_weight < 0 or self.cond_noise < 0 or self.temperature < 0:
-            p.append(f"lr={self.lr} must be > 0; kl_weight={self.kl_weight}, cond_noise={self.cond_noise} and "
+        if self.lr <= 0 or self.token_weight <= 0 or self.kl_weight < 0 or self.cond_noise < 0 or self.temperature < 0:
+            p.append(f"lr={self.lr} and token_weight={self.token_weight} must be > 0; kl_weight={self.kl_weight}, cond_noise={self.cond_noise} and "
                      f"temperature={self.temperature} must be >= 0")
         if p:
             raise ConfigError("invalid SynthConfig: " + "; ".join(p))
@@ -64,37 +66,53 @@ def _mlp(i: int, h: int, o: int) -> nn.Sequential:
 
 
 class Projection(nn.Module):
-    """The fixed linear first/last layer: x [*, D] <-> p [*, k] (principal directions, whitened)."""
+    """The fixed linear first/last layer: x [*, D] <-> p [*, k] (principal directions, whitened).
 
-    def __init__(self, dim: int, k: int):
+    The two blocks of a state are balanced first (``weight`` [D]): the delta block (~10^4 entries) and the token
+    block (~10^2) each get unit mean squared norm over the library, the token's then scaled by ``token_weight``.
+    Without it the delta's variance would pick every direction, yet on the shipped base the token offset carries
+    most of what a concept draws (docs/synthesis.md)."""
+
+    def __init__(self, dim: int, k: int, token_dim: int):
         super().__init__()
+        self.token_dim = int(token_dim)
         self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("weight", torch.ones(dim))  # [D]
         self.register_buffer("basis", torch.zeros(k, dim))  # [k, D], orthonormal rows
         self.register_buffer("scale", torch.ones(k))  # [k]
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor) -> None:
-        """Principal directions of x [N, D] (N >= 2)."""
+    def fit(self, x: torch.Tensor, token_weight: float = 1.0) -> None:
+        """Block weights and principal directions of x [N, D] (N >= 2)."""
         mean = x.mean(0)
-        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)  # vh [min(N, D), D]
-        k = self.basis.shape[0]
+        xc = x - mean
+        n_w = x.shape[1] - self.token_dim
+        rms_d = xc[:, :n_w].pow(2).sum(1).mean().sqrt().clamp(min=1e-8)
+        rms_t = xc[:, n_w:].pow(2).sum(1).mean().sqrt().clamp(min=1e-8)
+        self.weight.copy_(torch.cat([torch.full((n_w,), 1.0 / float(rms_d)),
+                                     torch.full((self.token_dim,), token_weight / float(rms_t))]))
+        _, s, vh = torch.linalg.svd(xc * self.weight, full_matrices=False)  # vh [min(N, D), D]
+        k = min(self.basis.shape[0], vh.shape[0])
+        keep = (s[:k] > 1e-6 * s[0]).float()  # repeated rows (extra views of one state) add no direction: left at 0
         self.mean.copy_(mean)
-        self.basis.copy_(vh[:k])
-        self.scale.copy_((s[:k] / max(x.shape[0] - 1, 1) ** 0.5).clamp(min=1e-8))
+        self.basis.zero_()
+        self.basis[:k].copy_(vh[:k] * keep[:, None])
+        self.scale.fill_(1.0)
+        self.scale[:k].copy_(torch.where(keep > 0, s[:k] / max(x.shape[0] - 1, 1) ** 0.5, torch.ones_like(s[:k])))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) @ self.basis.T / self.scale  # [*, k]
+        return ((x - self.mean) * self.weight) @ self.basis.T / self.scale  # [*, k]
 
     def decode(self, p: torch.Tensor) -> torch.Tensor:
-        return (p * self.scale) @ self.basis + self.mean  # [*, D]
+        return (p * self.scale) @ self.basis / self.weight + self.mean  # [*, D]
 
 
 class StateVAE(nn.Module):
     """Projection + MLP VAE: x [*, D] -> (mu, logvar) [*, z]; z -> x."""
 
-    def __init__(self, dim: int, cfg: SynthConfig, k: int):
+    def __init__(self, dim: int, cfg: SynthConfig, k: int, token_dim: int):
         super().__init__()
-        self.proj = Projection(dim, k)
+        self.proj = Projection(dim, k, token_dim)
         self.enc = _mlp(k, cfg.hidden, 2 * cfg.z_dim)
         self.dec = _mlp(cfg.z_dim, cfg.hidden, k)
 
@@ -128,7 +146,7 @@ class FlowNet(nn.Module):
 
 def train_vae(vae: StateVAE, x: torch.Tensor, cfg: SynthConfig, gen: torch.Generator) -> list[float]:
     """Fit the projection on x [N, D], then the VAE on the projected library; returns the loss curve."""
-    vae.proj.fit(x)
+    vae.proj.fit(x, cfg.token_weight)
     p_all = vae.proj.encode(x).detach()  # [N, k]
     opt = torch.optim.Adam([*vae.enc.parameters(), *vae.dec.parameters()], lr=cfg.lr)
     losses = []

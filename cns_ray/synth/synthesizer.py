@@ -32,7 +32,7 @@ class Synthesizer:
 
     def __init__(self, coords: CoordSet, cfg: SynthConfig, cond_dim: int, base_id: str, k: int, meta: dict | None = None):
         self.coords, self.cfg, self.cond_dim, self.base_id, self.k = coords, cfg, int(cond_dim), base_id, int(k)
-        self.vae = StateVAE(coords.dim, cfg, self.k)
+        self.vae = StateVAE(coords.dim, cfg, self.k, coords.token_dim)
         self.flow = FlowNet(cfg.z_dim, self.cond_dim, cfg.hidden)
         self.z_mean = torch.zeros(cfg.z_dim)
         self.z_std = torch.ones(cfg.z_dim)
@@ -46,11 +46,12 @@ class Synthesizer:
         if x.ndim != 2 or x.shape[1] != coords.dim or cond.shape[0] != x.shape[0] or x.shape[0] < 2:
             raise ModelLoadError(f"training data x {tuple(x.shape)} / cond {tuple(cond.shape)} must be [N, {coords.dim}] "
                                  "and [N, c] with N >= 2 library concepts: build a larger library")
-        k = max(1, min(cfg.pca_dim, x.shape[0] - 1))
+        n_states = int((meta or {}).get("library_size", x.shape[0]))  # rows may repeat a state (extra views)
+        k = max(1, min(cfg.pca_dim, n_states - 1))
         synth = cls(coords, cfg, cond.shape[1], base_id, k, meta)
         gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # the modules' initial weights
-        synth.vae = StateVAE(coords.dim, cfg, k)
+        synth.vae = StateVAE(coords.dim, cfg, k, coords.token_dim)
         synth.flow = FlowNet(cfg.z_dim, synth.cond_dim, cfg.hidden)
         vae_losses = train_vae(synth.vae, x.float(), cfg, gen)
         with torch.no_grad():
@@ -59,7 +60,7 @@ class Synthesizer:
         flow_losses = train_flow(synth.flow, (mu - synth.z_mean) / synth.z_std, F.normalize(cond.float(), dim=-1), cfg, gen)
         synth.vae.eval()
         synth.flow.eval()
-        synth.meta.update({"library_size": int(x.shape[0]), "pca_dim": k,
+        synth.meta.update({"library_size": int(synth.meta.get("library_size", x.shape[0])), "pca_dim": k,
                            "vae_loss_last100": sum(vae_losses[-100:]) / min(100, len(vae_losses)),
                            "flow_loss_last100": sum(flow_losses[-100:]) / min(100, len(flow_losses))})
         return synth
