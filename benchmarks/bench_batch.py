@@ -6,10 +6,12 @@
 Two parts, printed as markdown, both on the shipped default model ``tiny`` (32 px) and 8 tenants with random
 2% deltas (every request of a different tenant than its neighbour):
 1. In-process: N requests through ``generate_images`` one at a time (the swap path: what a ``batch_mode="swap"``
-   replica does) vs ``cns_ray.serve.batch.generate_batch`` in batches of 1, 4 and 8; images/s and the ratio to the
+   replica does) vs ``cns_ray.serve.batch.generate_batch`` in batches of 1, 4, 8 and 16; images/s and the ratio to the
    swap path; plus the largest pixel difference between the two paths' images.
-2. Over HTTP: the Serve app with ``batch_mode="swap"`` vs ``"mixed"`` (max_batch_size 8), one replica, the same
-   requests with 8 in flight (threads + httpx on 127.0.0.1): requests/s, p50/p95 latency.
+2. Over HTTP: the Serve app in each setup of ``HTTP_SETUPS`` (swap path; mixed with 1x / 2x max_batch_size in
+   flight, the generator's max_ongoing_requests and the batch wait varied one at a time), one replica, the same
+   requests (threads + httpx on 127.0.0.1): requests/s vs the swap path and vs the in-process batches of
+   max_batch_size, p50/p95 latency, requests per pipeline call: where the requests wait.
 Wall-clock timings on a CPU machine shared with other jobs: compare rows of one run.
 """
 
@@ -58,27 +60,45 @@ def _pixels(png: bytes) -> np.ndarray:
 
 
 def bench_in_process(base, n_requests: int, n_tenants: int) -> list[list]:
+    """Swap path vs batches of 1/4/8/16, interleaved in rounds of 16 requests so drift of the machine's load hits
+    every row alike; wall and process CPU time (1 torch thread: CPU time is the work, less disturbed by others)."""
     weights = base.target_weights()
     served = tenants_of(base, n_tenants)
     reqs = requests_for(list(served), n_requests)
     generate_images(base, weights, served["t0"], reqs[0][1])  # warm-up
-    t0 = time.perf_counter()
-    swap = [generate_images(base, weights, served[t], r)[0] for t, r in reqs]
-    swap_s = time.perf_counter() - t0
-    rows = [["swap path, one request at a time", f"{n_requests / swap_s:.2f}", "1.00x", "-"]]
-    for size in (1, 4, 8):
-        t0 = time.perf_counter()
-        out = []
-        for i in range(0, n_requests, size):
-            out += [imgs[0] for imgs in generate_batch(base, weights, [(served[t], r) for t, r in reqs[i : i + size]])]
-        s = time.perf_counter() - t0
-        diff = max(int(np.abs(_pixels(a) - _pixels(b)).max()) for a, b in zip(out, swap))
-        rows.append([f"mixed batches of {size} ({n_tenants} tenants interleaved)", f"{n_requests / s:.2f}",
-                     f"{swap_s / s:.2f}x", str(diff)])
+    sizes = (1, 4, 8, 16)
+    wall, cpu, out = {k: 0.0 for k in ("swap", *sizes)}, {k: 0.0 for k in ("swap", *sizes)}, {k: [] for k in ("swap", *sizes)}
+    for r0 in range(0, n_requests, 16):
+        chunk = reqs[r0 : r0 + 16]
+        for k in ("swap", *sizes):
+            t0, c0 = time.perf_counter(), time.process_time()
+            if k == "swap":
+                out[k] += [generate_images(base, weights, served[t], r)[0] for t, r in chunk]
+            else:
+                for i in range(0, len(chunk), k):
+                    out[k] += [imgs[0] for imgs in generate_batch(base, weights, [(served[t], r) for t, r in chunk[i : i + k]])]
+            wall[k] += time.perf_counter() - t0
+            cpu[k] += time.process_time() - c0
+    rows = [["swap path, one request at a time", f"{n_requests / wall['swap']:.2f}", "1.00x", "1.00x", "-"]]
+    for k in sizes:
+        diff = max(int(np.abs(_pixels(a) - _pixels(b)).max()) for a, b in zip(out[k], out["swap"]))
+        rows.append([f"mixed batches of {k} ({min(k, n_tenants)} tenants per batch)", f"{n_requests / wall[k]:.2f}",
+                     f"{wall['swap'] / wall[k]:.2f}x", f"{cpu['swap'] / cpu[k]:.2f}x", str(diff)])
     return rows
 
 
-def bench_http(args, base) -> list[list]:
+HTTP_SETUPS = (
+    # (label, batch_mode, in flight (x max_batch_size), generator max_ongoing_requests (None: the default), batch wait s)
+    ("swap path", "swap", 2, None, 0.01),
+    ("mixed, 1x max_batch_size in flight (the earlier table)", "mixed", 1, 16, 0.01),
+    ("mixed, 2x in flight, generator max_ongoing_requests 16 (the old fixed value)", "mixed", 2, 16, 0.01),
+    ("mixed, 2x in flight, the defaults (max_ongoing_requests 3x max_batch_size)", "mixed", 2, None, 0.01),
+    ("mixed, 2x in flight, the defaults, batch wait 0.05 s", "mixed", 2, None, 0.05),
+)
+
+
+def bench_http(args, base, batched_ips: float) -> list[list]:
+    """Each setup of :data:`HTTP_SETUPS` deployed in turn on one Ray, the same requests after a warm-up per tenant."""
     from ray import serve
 
     from cns_ray.jobs.ray_env import init_ray
@@ -98,27 +118,29 @@ def bench_http(args, base) -> list[list]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    rows = []
+    rows, swap = [], None
     try:
-        for mode in ("swap", "mixed"):
+        for label, mode, flight, ongoing, wait in HTTP_SETUPS:
             cfg = ServingConfig(store=tmp, torch_threads=1, num_cpus=0.5, replicas=1, default_steps=STEPS,
                                 default_guidance=GUIDANCE, api_keys=keys, read_env_keys=False, batch_mode=mode,
-                                max_batch_size=8, batch_wait_timeout_s=0.01, max_in_flight_per_tenant=64,
+                                max_batch_size=args.batch, batch_wait_timeout_s=wait, max_in_flight_per_tenant=64,
+                                generator_max_ongoing_requests=ongoing,
                                 scheduler_name=f"bench-sched-{uuid.uuid4().hex[:6]}")
             serve.run(build_app(cfg), name="cns-bench-batch", route_prefix="/")
             gen = serve.get_deployment_handle("Generator", app_name="cns-bench-batch")
             run_load(url, jobs[: args.tenants], 1, 120, size=None, steps=None, guidance=None)  # every tenant resident, pipeline warm
             s0 = gen.stats.remote().result()
-            r = run_load(url, jobs, args.concurrency, 600, size=None, steps=None, guidance=None)
+            r = run_load(url, jobs, flight * args.batch, 600, size=None, steps=None, guidance=None)
             s1 = gen.stats.remote().result()
-            calls = s1["batches"] - s0["batches"] if mode == "mixed" else s1["requests"] - s0["requests"]
-            rows.append([mode, f"{r['ok']}/{len(jobs)}", f"{r['ok'] / r['wall']:.2f}", fmt_ms(pct(r["lat"], 0.5)),
-                         fmt_ms(pct(r["lat"], 0.95)), f"{(s1['requests'] - s0['requests']) / max(calls, 1):.1f}",
-                         f"{(s1['busy_s'] - s0['busy_s']) / r['wall']:.0%}", r["ok"] / r["wall"]])
+            n_req = s1["requests"] - s0["requests"]
+            calls = s1["batches"] - s0["batches"] if mode == "mixed" else n_req
+            rps, p50 = r["ok"] / r["wall"], pct(r["lat"], 0.5)
+            swap = swap or (rps, p50)
+            rows.append([label, f"{flight * args.batch}", str(cfg.generator_ongoing()), f"{r['ok']}/{len(jobs)}", f"{rps:.2f}",
+                         f"{rps / swap[0]:.2f}x", f"{rps / batched_ips:.2f}x", fmt_ms(p50), f"{p50 / swap[1]:.2f}x",
+                         fmt_ms(pct(r["lat"], 0.95)), f"{n_req / max(calls, 1):.1f}",
+                         f"{(s1['busy_s'] - s0['busy_s']) / r['wall']:.0%}"])
             serve.delete("cns-bench-batch")
-        ref = rows[0][-1]
-        for row in rows:
-            row.insert(3, f"{row.pop() / ref:.2f}x")
         return rows
     finally:
         serve.shutdown()
@@ -133,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 16 requests")
     ap.add_argument("--requests", type=int, default=None, help="requests per row (default 64, 16 with --quick)")
     ap.add_argument("--tenants", type=int, default=8)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8, help="max_batch_size over HTTP (default 8)")
+    ap.add_argument("--only", choices=("inproc", "both"), default="both", help="inproc: skip the HTTP part")
     args = ap.parse_args(argv)
     args.requests = args.requests or (16 if args.quick else 64)
     from cns_ray.models import load_base_model
@@ -146,11 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     base = load_base_model("tiny")
     print(f"### 1. In-process, model `tiny` (32 px), {args.requests} requests, {STEPS} steps, guidance {GUIDANCE}, "
           f"{args.tenants} tenants with {DENSITY:.0%} deltas, 1 torch thread\n")
-    print(markdown_table(["path", "images/s", "vs swap", "max pixel diff vs swap"],
-                         bench_in_process(base, args.requests, args.tenants)))
-    print(f"\n### 2. HTTP, one generator replica, {args.requests} requests, {args.concurrency} in flight\n")
-    print(markdown_table(["batch_mode", "ok", "requests/s", "vs swap", "p50 (ms)", "p95 (ms)", "requests per call",
-                          "replica busy"], bench_http(args, base)))
+    rows = bench_in_process(base, args.requests, args.tenants)
+    print(markdown_table(["path", "images/s", "vs swap (wall)", "vs swap (CPU time per image)", "max pixel diff vs swap"], rows))
+    batched = next(float(r[1]) for r in rows if r[0].startswith(f"mixed batches of {args.batch} "))
+    if args.only == "inproc":
+        return 0
+    print(f"\n### 2. HTTP, one generator replica (0.5 CPU, 1 torch thread), max_batch_size {args.batch}, "
+          f"{args.requests} requests per row\n")
+    print(markdown_table(["setup", "in flight", "generator max_ongoing_requests", "ok", "requests/s", "vs swap",
+                          f"vs in-process batches of {args.batch}", "p50 (ms)", "p50 vs swap", "p95 (ms)",
+                          "requests per call", "replica busy"], bench_http(args, base, batched)))
     print(f"\nTotal {time.perf_counter() - t_start:.0f} s.")
     return 0
 

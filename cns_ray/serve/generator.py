@@ -272,15 +272,18 @@ class Generator:
         """One request of ``tenant`` (``mixed`` mode: given as an argument; ``swap``: the multiplexed model id).
 
         In ``mixed`` mode requests carry no multiplexed model id, because Serve's batcher splits a batch by it (one
-        model per batch): tenants are then not routed to the replicas that hold them; each replica keeps its own LRU
-        of ``max_tenants_per_replica`` states, loaded on first use."""
+        model per batch); the tenant argument routes them instead (cns_ray/serve/routing.py: replicas holding the
+        tenant first), and a cold tenant's state starts loading as the request arrives."""
         tenant = tenant or serve.get_multiplexed_model_id()
         if not tenant:
             return Failed.of(InputError("no tenant: call with handle.options(multiplexed_model_id=tenant)"))
         cancel = threading.Event()
         try:
             if self.core.config.batch_mode == "mixed":
-                reply = await self._batched(tenant, request, cancel, request_id)
+                # a cold tenant's state is fetched while its request waits for its batch (and the running call)
+                slot = asyncio.ensure_future(self._slot(tenant))
+                slot.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if never awaited
+                reply = await self._batched(tenant, request, cancel, request_id, slot)
             else:
                 try:
                     slot = await self._slot(tenant)
@@ -299,12 +302,13 @@ class Generator:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, tenants: list[str], requests: list[GenerationRequest], cancels: list[threading.Event],
-                       request_ids: list[str]) -> list[Generated | Failed]:
-        """``mixed`` mode: the requests that arrived together, of any tenants, in as few pipeline calls as fit."""
+                       request_ids: list[str], slots: list[asyncio.Future]) -> list[Generated | Failed]:
+        """``mixed`` mode: the requests that arrived together, of any tenants, in as few pipeline calls as fit
+        (``slots``: each request's tenant slot, loading since the request arrived)."""
         pairs, idx, replies = [], [], [None] * len(tenants)
         for i, (t, r) in enumerate(zip(tenants, requests)):
             try:
-                pairs.append((await self._slot(t), r))
+                pairs.append((await slots[i], r))
                 idx.append(i)
             except TenantUnavailableError as e:
                 self.core.counters["requests"] += 1
