@@ -4,7 +4,8 @@ Ray on 127.0.0.1), on the embedded default store and on S3 (moto's server over H
 Learn two Cones concepts with ``method=cones`` (HTTP learn route -> per-tenant scheduler -> Ray Train), list and
 show them (method ``cones``), generate one concept and the two concatenated in one prompt (the served bytes equal
 the in-process swap path's with the named neurons shut: one and the union), export, roll back, delete; the store
-holds indices only for them (no delta entries, no embeddings, no value column), and the CLI sees what HTTP did.
+holds indices only for them (no delta entries, no embeddings, no value column), and the CLI sees what HTTP did
+(history, rollback, show, in-process ``cns generate`` of the concatenated prompt with the same bytes, delete, verify).
 Learning runs 2 score steps; images are the base's native 32 px with 2 denoising steps.
 """
 
@@ -222,4 +223,12 @@ def test_cones_concepts_learned_served_concatenated_rolled_back_deleted_over_htt
     capsys.readouterr()
     assert main(["concepts", "show", "--store", store_uri, "--tenant", "acme", "mia", "--json"]) == 0
     assert '"method": "cones"' in capsys.readouterr().out
+    out = tmp_path / "pair.png"  # in-process `cns generate`: the server's bytes for the concatenated prompt
+    assert main(["generate", "--store", store_uri, "--tenant", "acme", pair, "-o", str(out), "--steps", str(STEPS),
+                 "--seed", str(SEED), "--guidance", str(GUIDANCE)]) == 0
+    assert out.read_bytes() == got_pair
+    assert main(["concepts", "delete", "--store", store_uri, "--tenant", "acme", "mia"]) == 0
+    capsys.readouterr()
+    assert main(["concepts", "list", "--store", store_uri, "--tenant", "acme", "--json"]) == 0
+    assert '"mia"' not in capsys.readouterr().out
     assert main(["store", "verify", "--store", store_uri]) == 0
