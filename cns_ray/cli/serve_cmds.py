@@ -37,9 +37,9 @@ def register(sub) -> None:
     p.add_argument("--keys-file", default=os.environ.get("CNS_KEYS_FILE"), help="JSON {sha256(key): tenant} (see `cns keys add`)")
     p.add_argument("--refresh-ttl", type=float, default=10.0, help="seconds between head-version checks (default %(default)s)")
     p.add_argument("--max-tenants", type=int, default=16, help="tenant states resident per replica (default %(default)s)")
-    p.add_argument("--batch-mode", choices=("swap", "mixed"), default="swap",
-                   help="swap: one request at a time, delta swapped into the weights; mixed: requests of any tenants "
-                        "batched, deltas added per sample, weights never written (default %(default)s)")
+    p.add_argument("--batch-mode", choices=("swap", "mixed"), default="mixed",
+                   help="mixed: requests of any tenants batched, deltas added per sample; swap: one request at a time, "
+                        "delta swapped into the weights, images the same bytes under any mix (default %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=8, help="mixed: most requests per pipeline call (default %(default)s)")
     p.add_argument("--admin-key-sha256", default=None, help="sha256 of the admin key (`cns keys hash KEY`); or set CNS_ADMIN_KEY")
     p.add_argument("--torch-threads", type=int, default=1,

@@ -28,11 +28,12 @@ class ServingConfig:
     """CPUs of the ingress replica."""
     torch_threads: int = 0
     """torch intra-op threads in a generator replica (0 = torch's default)."""
-    batch_mode: str = "swap"
-    """How a generator replica runs requests: ``swap`` (one request at a time, the tenant's delta swapped into the
-    shared weights and restored) or ``mixed`` (up to ``max_batch_size`` requests of any tenants in one pipeline
-    call, each tenant's delta added per sample on the cross-attention K/V outputs; the weights are never written:
-    cns_ray/serve/batch.py)."""
+    batch_mode: str = "mixed"
+    """How a generator replica runs requests: ``mixed`` (the default: up to ``max_batch_size`` requests of any
+    tenants in one pipeline call, each tenant's delta added per sample on the cross-attention K/V outputs, the
+    weights not written; a call of one tenant state swaps it in and restores it exactly: cns_ray/serve/batch.py) or
+    ``swap`` (one request at a time, the tenant's delta swapped into the shared weights and restored: a request's
+    image is the same bytes however traffic is mixed; mixed images are within a pixel level or two of those)."""
     max_batch_size: int = 8
     """``mixed``: most requests per pipeline call (requests share a call only with the same size, steps, guidance)."""
     batch_wait_timeout_s: float = 0.01

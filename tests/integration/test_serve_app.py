@@ -10,6 +10,7 @@ import base64
 import concurrent.futures as cf
 import uuid
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,14 @@ def post_gen(client, tenant, prompt, seed=1, **extra):
     return client.post("/v1/images/generations", json=body, headers={"Authorization": f"Bearer {key(tenant)}"})
 
 
+def _pixels(png: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
 def image(resp) -> bytes:
     assert resp.status_code == 200, resp.text
     return base64.b64decode(resp.json()["data"][0]["b64_json"])
@@ -120,8 +129,11 @@ def test_mixed_load_matches_alone_and_base_weights_stay_bit_identical(app, tiny_
         if FAULT in c[1]:
             failed += 1
             assert r.status_code == 500 and "injected fault" in r.json()["error"]["message"]
-        else:
+        elif app["cfg"].batch_mode == "swap":
             assert image(r) == alone[c], c
+        else:  # mixed batches: the UNet's batch-size rounding (test_serve_mixed.py); alone = a batch of one
+            diff = np.abs(_pixels(image(r)) - _pixels(alone[c]))
+            assert diff.max() <= 3 and diff.mean() < 0.1, (c, int(diff.max()), float(diff.mean()))
     assert failed == 20
     assert gen.weights_digest.remote().result() == before
     assert client.get("/healthz").json()["status"] == "ok"
