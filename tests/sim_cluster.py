@@ -101,12 +101,13 @@ class SimCluster:
         return get_actor(actor_id, address=self.address)
 
 
-def _listeners_beyond_loopback() -> dict[str, set[str]]:
-    """Listening TCP sockets of this process's children that are not on loopback (name -> addresses)."""
+def listeners_beyond_loopback() -> dict[str, set[str]]:
+    """Listening TCP sockets of this process and its children that are not on loopback (name -> addresses)."""
     import psutil
 
     exposed: dict[str, set[str]] = {}
-    for p in psutil.Process().children(recursive=True):
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
         try:
             ips = {c.laddr.ip for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
             name = " ".join(p.cmdline())[:80]
@@ -156,7 +157,7 @@ def sim_cluster(moto_server):
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         env = {**os.environ, "RAY_ADDRESS": cluster.address}
         sim = SimCluster(cluster, cluster.address, f"s3://{bucket}/cns", bucket, moto_server, env)
-        exposed = _listeners_beyond_loopback()
+        exposed = listeners_beyond_loopback()
         assert not exposed, f"the simulated cluster listens beyond loopback: {exposed}"
         yield sim
     finally:

@@ -56,3 +56,24 @@ def test_process_device_on_a_cpu_machine_is_quiet(caplog):
     with caplog.at_level(logging.WARNING, logger="cns_ray.device"):
         assert process_device("scorer") == torch.device("cpu")
     assert caplog.records == []
+
+
+def test_gpu_on_a_local_ray_without_gpus_is_refused_and_an_attached_cluster_is_left_to_wait():
+    """``cns learn --gpu`` / ``cns serve --gpu``: a private local Ray with no GPU would never place the run, so it is
+    refused with the fix; an attached cluster may add GPU nodes, so it is not."""
+    from cns_ray.errors import ConfigError
+    from cns_ray.jobs.ray_env import check_gpu_request, gpus_available
+
+    if gpus_available() > 0:
+        pytest.skip("connected to a Ray with GPUs")
+    with pytest.raises(ConfigError, match=r"0 GPUs.*--address"):
+        check_gpu_request(True, "local")
+    check_gpu_request(True, "attached")
+    check_gpu_request(False, "local")
+
+
+@pytest.mark.parametrize("flag, use_gpu", [([], None), (["--gpu"], True), (["--no-gpu"], False)])
+def test_serve_gpu_flag(flag, use_gpu):
+    from cns_ray.cli import build_parser
+
+    assert build_parser().parse_args(["serve", *flag]).gpu is use_gpu
