@@ -38,35 +38,62 @@ def units_of(cfg: EvalConfig) -> list[tuple]:
     return [("references",)] + [(m, s, seed) for seed in cfg.train_seeds for s in cfg.sequences for m in cfg.methods]
 
 
+def unit_key(cfg: EvalConfig, work: tuple, base_id: str) -> str:
+    """A file name for one unit's result: what it ran and everything in ``cfg`` that changes it (not which other
+    units the run holds, nor where it writes), and the base it ran on."""
+    import hashlib
+
+    d = cfg.to_dict()
+    for k in ("out_dir", "methods", "sequences", "train_seeds"):
+        d.pop(k)
+    digest = hashlib.sha256(json.dumps([d, base_id], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return "_".join(map(str, work)) + f"-{digest}.json"
+
+
 def run_eval(cfg: EvalConfig, *, local: bool = False, address: str | None = None, cpus_per_task: float = 0.5, say=log.info) -> dict:
-    """Every unit of ``cfg``; returns write_outputs' summary (table, markdown, grids)."""
+    """Every unit of ``cfg``; returns write_outputs' summary (table, markdown, grids).
+
+    Resumable: each finished unit is kept under ``out_dir/units/`` (keyed by the unit, the config and the base's
+    ``base_id``), and a re-run with the same config skips it; so is a run that adds seeds or methods."""
     from cns_ray.eval.report import write_outputs
+    from cns_ray.models import load_base_model
 
     units = units_of(cfg)
+    cache = Path(cfg.out_dir) / "units"
+    cache.mkdir(parents=True, exist_ok=True)
+    base_id = load_base_model(cfg.base_model).base_id
+    files = {w: cache / unit_key(cfg, w, base_id) for w in units}
+    results = [json.loads(f.read_text()) for w, f in files.items() if f.exists()]
+    todo = [w for w in units if not files[w].exists()]
     say(f"evaluating {len(units) - 1} (method, sequence, seed) runs + references: {cfg.methods} x {cfg.sequences} x "
-        f"seeds {cfg.train_seeds}, {cfg.steps} steps/concept")
+        f"seeds {cfg.train_seeds}, {cfg.steps} steps/concept; {len(units) - len(todo)} already done ({cache})")
     t0 = time.monotonic()
-    if local:
+
+    def keep(w: tuple, r: dict) -> None:
+        tmp = files[w].with_suffix(".tmp")
+        tmp.write_text(json.dumps(r))
+        tmp.replace(files[w])  # atomic: a killed run leaves no half-written unit
+        results.append(r)
+        say(f"  done {'/'.join(map(str, w))} ({len(results)}/{len(units)}, {time.monotonic() - t0:.0f}s)")
+
+    if local and todo:
         from cns_ray.eval.harness import run_references, run_unit
 
         base, scorer = _load(cfg)
-        results = []
-        for w in units:
-            results.append(run_references(base, scorer, cfg) if w[0] == "references" else run_unit(base, scorer, cfg, *w))
-            say(f"  done {'/'.join(map(str, w))} ({len(results)}/{len(units)}, {time.monotonic() - t0:.0f}s)")
-    else:
+        for w in todo:
+            keep(w, run_references(base, scorer, cfg) if w[0] == "references" else run_unit(base, scorer, cfg, *w))
+    elif todo:
         import ray
 
         from cns_ray.jobs.ray_env import init_ray
 
         init_ray(address)
         task = ray.remote(num_cpus=cpus_per_task)(_unit)
-        refs = {task.remote(cfg, w): w for w in units}
-        results, pending = [], list(refs)
+        refs = {task.remote(cfg, w): w for w in todo}
+        pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            results.append(ray.get(done[0]))
-            say(f"  done {'/'.join(map(str, refs[done[0]]))} ({len(results)}/{len(units)}, {time.monotonic() - t0:.0f}s)")
+            keep(refs[done[0]], ray.get(done[0]))
     references = next(r for r in results if r["kind"] == "references")
     order = {w: i for i, w in enumerate(units)}
     runs = sorted((r for r in results if r["kind"] == "unit"), key=lambda r: order[(r["method"], r["sequence"], r["seed"])])

@@ -3,6 +3,7 @@ back as one table with floors, ceilings, mean +- sd over seeds and a forgetting 
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -31,3 +32,15 @@ def test_units_run_on_ray_and_come_back_as_one_table(ray_local, tmp_path):
     assert seq2["concepts"] == ["bo", "lu"] and len(seq2["first_curve"]) == 2
     assert (tmp_path / "eval" / "curve.png").stat().st_size > 1000
     assert "floor: base, class word" in summary["markdown"] and "±" in summary["markdown"]
+
+    # resumable: the units are kept; a re-run with one more seed runs only that seed's units, and a changed config
+    # (another step count) shares none of them
+    said = []
+    again = run_eval(replace(cfg, train_seeds=(0, 1, 2)), local=True, say=said.append)
+    assert "1 already done" not in said[0] and f"{1 + len(units)} already done" in said[0], said[0]
+    ran = [s for s in said if s.strip().startswith("done ")]
+    assert sorted(s.split()[1] for s in ran) == sorted(f"{m}/{q}/2" for m in cfg.methods for q in cfg.sequences)
+    assert again["table"]["cns"]["seeds"][0] == 3
+    said.clear()
+    run_eval(replace(cfg, steps=3, concepts_per_sequence=1, train_seeds=(0,), methods=("cns",)), local=True, say=said.append)
+    assert "0 already done" in said[0], said[0]
