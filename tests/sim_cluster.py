@@ -143,6 +143,11 @@ def sim_cluster(moto_server):
     os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL": moto_server})
     bucket = f"cns-sim-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    import ray._private.ray_constants as ray_constants
+
+    # Ray gives the dashboard (the state API) 60 s to start; on a 2-core machine shared with other jobs it was seen
+    # to need ~110 s. The head waits up to 5 minutes instead of failing the module's set-up.
+    ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S = max(ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S, 300)
     prev_address = read_ray_address()  # Cluster writes its address to /tmp/ray for `ray.init("auto")`: put it back
     cluster = None
     try:

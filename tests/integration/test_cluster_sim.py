@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from sim_cluster import sim_cluster  # noqa: F401  (the module's cluster fixture)
+from sim_cluster import listeners_beyond_loopback, sim_cluster  # noqa: F401  (the module's cluster fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -349,6 +349,8 @@ def test_serve_on_two_gpu_nodes_routes_tenants_to_their_replica_and_survives_a_l
         gens = sim.actors(GENERATOR, "ALIVE")
         assert len(gens) == 2 and len({a.node_id for a in gens}) == 2, gens
         assert {a.node_id for a in gens} <= sim.gpu_node_ids() and all(_gpus(a.required_resources) == 1 for a in gens)
+        exposed = listeners_beyond_loopback()  # Serve's proxies on every node and the replicas' gRPC included
+        assert not exposed, f"listening beyond loopback: {exposed}"
 
         def gen(client, tenant, seed):
             body = {"prompt": f"a photo of <{tenant}> dog", "seed": seed, "steps": 2}
