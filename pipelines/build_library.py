@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=d.n_images, help="reference images per instance (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="learning + reference seed (default %(default)s)")
     p.add_argument("--pool-seed", type=int, default=d.pool_seed, help="seed of the instance draw (default %(default)s)")
-    p.add_argument("--workers", type=int, default=d.workers, help="Ray tasks in flight (default %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, help="Ray tasks in flight (default %(default)s; 0: in this process, no Ray)")
     p.add_argument("--cpus-per-task", type=float, default=d.cpus_per_task, help="CPUs per task (default %(default)s)")
     p.add_argument("--metric-model", default=d.metric, help="image encoder for the reference embeddings (default toy)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = LibraryConfig(n=args.n, steps=args.steps, n_images=args.images, seed=args.seed, pool_seed=args.pool_seed,
                             workers=args.workers, cpus_per_task=args.cpus_per_task, metric=args.metric_model)
-        init_ray(args.address)
+        if cfg.workers > 0:
+            init_ray(args.address)
 
         def progress(done: int, total: int, entry, elapsed: float) -> None:
             eta = elapsed / done * (total - done)

@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refine-steps", type=int, default=d.refine_steps)
     p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt)
     p.add_argument("--methods", nargs="+", default=list(d.methods))
-    p.add_argument("--workers", type=int, default=2, help="concepts evaluated at once (Ray tasks)")
+    p.add_argument("--workers", type=int, default=2, help="concepts evaluated at once (Ray tasks; 0: one after the other in this process, no Ray)")
     p.add_argument("--quick", action="store_true", help="2 concepts, 1 seed, 60 CNS steps, 20 refine steps")
     p.add_argument("--out", default="docs/eval/synth", help="folder for results.json and table.md")
     p.add_argument("--append", action="store_true",
@@ -89,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
 
-    import ray
-
     from cns_ray.config import LearnerConfig
     from cns_ray.errors import CNSError
     from cns_ray.jobs.ray_env import init_ray
@@ -119,11 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         if held:
             raise CNSError(f"concepts {held} are in the library: evaluate on held-out instances only")
         lcfg = resolve_learner_config(LearnerConfig(steps=None, token_lr=None, weight_lr=None), args.base_model)
-        init_ray(args.address)
-        lib_ref = ray.put((x, cond, [e.name for e in entries]))
-        task = ray.remote(num_cpus=1)(_task)
-        refs = [task.remote(args.base_model, args.synthesizer, lib_ref, n, cfg, lcfg.to_dict()) for n in cfg.concepts]
-        rows = [r for part in ray.get(refs) for r in part]
+        library = (x, cond, [e.name for e in entries])
+        if args.workers == 0:  # in this process, one concept after the other (no Ray)
+            rows = [r for n in cfg.concepts for r in _task(args.base_model, args.synthesizer, library, n, cfg, lcfg.to_dict())]
+        else:
+            import ray
+
+            init_ray(args.address, num_cpus=args.workers)  # a new local Ray runs --workers concepts at once
+            lib_ref = ray.put(library)
+            task = ray.remote(num_cpus=1)(_task)
+            refs = [task.remote(args.base_model, args.synthesizer, lib_ref, n, cfg, lcfg.to_dict()) for n in cfg.concepts]
+            rows = [r for part in ray.get(refs) for r in part]
     except CNSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

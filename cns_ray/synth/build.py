@@ -42,15 +42,16 @@ class LibraryConfig:
     pool_seed: int = 0
     """Seed of the instance draw (library_concepts)."""
     workers: int = 2
-    """Tasks in flight."""
+    """Tasks in flight; 0 = learn the entries one by one in this process, without Ray (a machine too loaded or too
+    small to start one)."""
     cpus_per_task: float = 1.0
     metric: str = "toy"
     """Metric model whose image encoder embeds the references."""
 
     def __post_init__(self) -> None:
         p = []
-        if self.n < 1 or self.steps < 1 or not 1 <= self.n_images <= 24 or self.workers < 1 or self.cpus_per_task <= 0:
-            p.append(f"n={self.n}, steps={self.steps}, workers={self.workers} must be >= 1, n_images={self.n_images} in "
+        if self.n < 1 or self.steps < 1 or not 1 <= self.n_images <= 24 or self.workers < 0 or self.cpus_per_task <= 0:
+            p.append(f"n={self.n}, steps={self.steps}, must be >= 1, workers={self.workers} >= 0, n_images={self.n_images} in "
                      f"[1, 24], cpus_per_task={self.cpus_per_task} > 0")
         if p:
             raise ConfigError("invalid LibraryConfig: " + "; ".join(p))
@@ -118,8 +119,6 @@ Progress = Callable[[int, int, LibraryEntry, float], None]
 def build_library(store_uri: str, base_spec: str, cfg: LibraryConfig, progress: Progress | None = None) -> dict:
     """Build (or finish) the library of ``base_spec`` under ``store_uri``; needs a connected Ray.
     Returns a summary: learned, skipped, recovered, seconds, seconds per learned entry."""
-    import ray
-
     from cns_ray.jobs.calibrate import general_masks
     from cns_ray.jobs.train import resolve_learner_config
     from cns_ray.world import concepts as wc
@@ -146,10 +145,23 @@ def build_library(store_uri: str, base_spec: str, cfg: LibraryConfig, progress: 
     skipped = cfg.n - len(todo) - recovered
     log.info("library %s: %d to learn, %d already done, %d recovered", lib.uri, len(todo), skipped, recovered)
     general = general_masks(base, lib.store, learner_cfg.selection)
-    gref = ray.put(general)
-    task = ray.remote(num_cpus=cfg.cpus_per_task, max_retries=2)(_task)
-    pending, waiting, finished = {}, list(todo), 0
-    learn_seconds = 0.0
+    finished, learn_seconds = 0, 0.0
+    if cfg.workers == 0:
+        torch.set_num_threads(1)
+        for c in todo:
+            entry = learn_entry(base, lib, c, cfg, learner_cfg, general, _metric(cfg.metric))
+            lib.add(entry)
+            finished += 1
+            learn_seconds += entry.seconds
+            if progress is not None:
+                progress(finished, len(todo), entry, time.perf_counter() - t0)
+        todo = []
+    if todo:
+        import ray
+
+        gref = ray.put(general)
+        task = ray.remote(num_cpus=cfg.cpus_per_task, max_retries=2)(_task)
+    pending, waiting = {}, list(todo)
     while waiting or pending:
         while waiting and len(pending) < cfg.workers:
             c = waiting.pop(0)
