@@ -294,8 +294,14 @@ def _serve_process(sim, tmp_path, store_uri: str):
     import json
     import os
 
-    from conftest import free_port
+    import socket
+
     from cns_ray.serve.auth import hash_key
+
+    def free_port() -> int:  # not `from conftest import`: in a full run that name may be another package's conftest
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
 
     keys = {t: f"key-{t}-{os.urandom(4).hex()}" for t in (*SERVE_TENANTS, "admin")}
     keys_file = tmp_path / "keys.json"

@@ -26,15 +26,15 @@ def _palette_pixels(base, weights, tenant, prompt, instance) -> float:
 
 def test_a_learned_cones_concept_draws_its_palette(tiny_base, tmp_path):
     base = tiny_base
-    c = wc.get_concept("rex")
-    folder = wc.write_reference_folder(c, tmp_path / "rex", n=6)
+    c = wc.get_concept("mia")  # drawable on the v2 base (its full caption: palette 1.00; docs/eval/v2/drawable.json)
+    folder = wc.write_reference_folder(c, tmp_path / c.name, n=6)
     store = ConceptStore(StoreConfig(uri=str(tmp_path / "store")))
-    cfg = LearnerConfig(steps=10, batch_size=4, augment=False, seed=0, method="cones", cones_ratio=0.02)
-    learner = make_learner(base, store, ConceptRequest("acme", "rex", c.class_word, str(folder), token=c.token), cfg)
+    cfg = LearnerConfig(steps=20, batch_size=4, augment=False, seed=0, method="cones", cones_ratio=0.02)
+    learner = make_learner(base, store, ConceptRequest("acme", c.name, c.class_word, str(folder), token=c.token), cfg)
     while learner.step_index < learner.total_steps:
         learner.step()
     state = store.load("acme", learner.commit(), shapes=base.target_shapes(), base_id=base.base_id)
-    rec = state.concept("rex")
+    rec = state.concept(c.name)
     served = ServedTenant.from_state(state, "cpu", torch.float32)
     g = torch.Generator().manual_seed(0)
     control = ServedTenant(tenant="ctl", version=1, delta=state.delta, tokens={}, shut={c.token: {
