@@ -78,6 +78,18 @@ def _learn_on_gpu(cfg: ServingConfig) -> bool:
     return gpus_possible() > 0
 
 
+def _checked_names(concept: str, class_word: str, token: str | None) -> str:
+    """The form's concept name, class word and token, checked (422 naming the field); returns the token."""
+    try:
+        validate_name(concept, "concept")
+        token = validate_token(token if token else f"<{concept}>")
+    except ValueError as e:
+        raise _api_error(422, "invalid_name", str(e)) from e
+    if not class_word.strip() or len(class_word) > 64:
+        raise _api_error(422, "invalid_request", f"class_word {class_word[:70]!r} must be 1-64 characters, e.g. 'dog'")
+    return token
+
+
 async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concept: str, class_word: str, token: str | None,
                           steps: int | None, *, method: str = "cns") -> str:
     """Check the form, save the images, submit the job; ``method``: ``cns`` (default) or ``cones``."""
@@ -86,13 +98,7 @@ async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concep
     if method not in METHODS or method == "synthesized":  # a synthesized concept is made by method=synthesize
         raise _api_error(422, "invalid_request", f"method={method[:20]!r} must be one of {['cns', 'cones', SYNTHESIZE]} "
                          "(default 'cns')")
-    try:
-        validate_name(concept, "concept")
-        token = validate_token(token if token else f"<{concept}>")
-    except ValueError as e:
-        raise _api_error(422, "invalid_name", str(e)) from e
-    if not class_word.strip() or len(class_word) > 64:
-        raise _api_error(422, "invalid_request", f"class_word {class_word[:70]!r} must be 1-64 characters, e.g. 'dog'")
+    token = _checked_names(concept, class_word, token)
     steps = cfg.learn_steps if steps is None else steps  # still None: the base's default, filled by the learner
     if steps is not None and not 1 <= steps <= cfg.max_learn_steps:
         raise _api_error(422, "invalid_request", f"steps={steps} must be in [1, {cfg.max_learn_steps}]")
@@ -196,13 +202,7 @@ async def synthesize_upload(cfg: ServingConfig, store, service: SynthService, te
                             class_word: str, token: str | None, steps: int | None) -> dict:
     """Check the form like :func:`submit_learning`, then synthesize and commit in a worker thread; ``steps``: refine
     steps (default 0)."""
-    try:
-        validate_name(concept, "concept")
-        token = validate_token(token if token else f"<{concept}>")
-    except ValueError as e:
-        raise _api_error(422, "invalid_name", str(e)) from e
-    if not class_word.strip() or len(class_word) > 64:
-        raise _api_error(422, "invalid_request", f"class_word {class_word[:70]!r} must be 1-64 characters, e.g. 'dog'")
+    token = _checked_names(concept, class_word, token)
     refine = 0 if steps is None else steps
     if not 0 <= refine <= MAX_HTTP_REFINE_STEPS:
         raise _api_error(422, "invalid_request", f"steps={steps} with method=synthesize are refine steps, in [0, "
