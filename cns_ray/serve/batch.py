@@ -20,7 +20,6 @@ path draws it.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -179,47 +178,3 @@ def generate_batch(
         start += req.n
     return result
 
-
-class Coalescer:
-    """One call at a time, each holding as many waiting items as fit in ``max_items``.
-
-    Ray Serve's ``serve.batch`` forms a batch as soon as its wait ends, whether or not the previous call is done, and
-    the formed batches then queue for the single worker: under load calls held ~2 requests with 8-16 waiting. Batches
-    submitted here while a call runs are merged when it ends, so at saturation each call is full. ``run`` takes the
-    merged list and returns one result per item; a submitter whose future is cancelled is skipped."""
-
-    def __init__(self, run: Callable, max_items: int):
-        self._run, self._max = run, max_items
-        self._pending: list[tuple[list, asyncio.Future]] = []
-        self._busy = False
-
-    async def submit(self, items: list) -> list:
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((items, fut))
-        if not self._busy:
-            self._busy = True
-            asyncio.ensure_future(self._drain())
-        return await fut
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                take, n = [], 0
-                while self._pending and (not take or n + len(self._pending[0][0]) <= self._max):
-                    items, fut = self._pending.pop(0)
-                    if not fut.cancelled():
-                        take.append((items, fut))
-                        n += len(items)
-                if not take:
-                    continue
-                try:
-                    results, error = await self._run([x for items, _ in take for x in items]), None
-                except BaseException as e:  # noqa: BLE001 - handed to every submitter of this call
-                    results, error = None, e
-                start = 0
-                for items, fut in take:
-                    if not fut.done():
-                        fut.set_exception(error) if error is not None else fut.set_result(results[start:start + len(items)])
-                    start += len(items)
-        finally:
-            self._busy = False

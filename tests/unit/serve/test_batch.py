@@ -137,30 +137,3 @@ def test_one_tenant_state_is_swapped_in_and_gives_the_swap_path_image_bit_for_bi
     assert weights_digest(tiny_base) == before
     assert all(not m._forward_hooks for m in find_target_modules(tiny_base.unet).values())
 
-
-def test_coalescer_merges_what_waits_behind_a_running_call_into_full_calls():
-    import asyncio
-
-    from cns_ray.serve.batch import Coalescer
-
-    calls = []
-
-    async def run(items):
-        calls.append(list(items))
-        await asyncio.sleep(0.05)
-        if "boom" in items:
-            raise RuntimeError("boom")
-        return [x * 10 for x in items]
-
-    async def main():
-        c = Coalescer(run, max_items=4)
-        first = asyncio.ensure_future(c.submit([1]))
-        await asyncio.sleep(0.01)  # the first call is running: the next five wait, then go in calls of <= 4
-        rest = [asyncio.ensure_future(c.submit(b)) for b in ([2], [3, 4], [5], [6])]
-        out = await asyncio.gather(first, *rest)
-        bad = await asyncio.gather(c.submit(["boom"]), return_exceptions=True)
-        return out, bad
-
-    out, bad = asyncio.run(main())
-    assert out == [[10], [20], [30, 40], [50], [60]]
-    assert calls[:3] == [[1], [2, 3, 4, 5], [6]] and isinstance(bad[0], RuntimeError)
