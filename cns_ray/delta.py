@@ -1,16 +1,14 @@
-"""SparseDelta: a tenant's cumulative sparse weight delta over a base model, and its exact swap.
+"""SparseDelta: a tenant's cumulative sparse weight delta over a base model: validation, merge, stats.
 
-A delta holds, per target layer, sorted unique flat indices into ``[out * in]`` and one value each.
-Applying it adds the values in place (``index_add_``) after gathering the originals; restoring copies the
-originals back (never subtracts: add-then-subtract drifts by rounding), so the base is bit-identical after.
-Validation checks everything first and raises once with every problem, before any weight is touched.
+A delta holds, per target layer, sorted unique flat indices into ``[out * in]`` and one value each. Validation
+checks everything first and raises once with every problem, before any weight is touched. How a delta reaches a
+layer (swapped in with an exact restore, or added per sample without writing) is :mod:`cns_ray.layers`.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 
@@ -196,7 +194,7 @@ class SparseDelta:
         return SparseDelta(self.base_id, shapes, layers)
 
     def applied_to(self, base: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """New tensors ``base + delta`` for the delta's layers, computed exactly as :func:`apply_` does."""
+        """New tensors ``base + delta`` for the delta's layers, computed exactly as :func:`cns_ray.layers.apply_` does."""
         out = {}
         for n, d in self.layers.items():
             w = base[n].detach().clone()
@@ -258,52 +256,12 @@ def _layer_problems(name: str, d: LayerDelta, shape: tuple[int, int]) -> list[st
     return p
 
 
-# -------------------------------------------------------------------- swap
-@dataclass
-class Originals:
-    """Gathered original entries, enough to restore the weights exactly."""
+# -------------------------------------------------------------------- moved names
+def __getattr__(name: str):
+    """``apply_``, ``restore_``, ``swapped`` and ``Originals`` live in :mod:`cns_ray.layers` (the one per-layer
+    operation); these names stay importable from here for existing callers."""
+    if name in ("apply_", "restore_", "swapped", "Originals"):
+        from cns_ray import layers
 
-    entries: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (index int64 [nnz], original values [nnz])
-
-
-@torch.no_grad()
-def apply_(
-    weights: Mapping[str, torch.Tensor], delta: SparseDelta, base_id: str | None = None, *, check_entries: bool = True
-) -> Originals:
-    """Validate against the live ``weights`` (name -> [out, in]), gather originals, add the delta in place.
-
-    Nothing is written if validation fails. Returns what :func:`restore_` needs. ``check_entries=False`` skips the
-    per-entry checks (sorted, unique, in range, finite) for a delta validated when it was loaded (the serving
-    cache): base_id, layer names and shapes are still checked.
-    """
-    delta.validate({n: tuple(w.shape) for n, w in weights.items()}, base_id, check_entries=check_entries)
-    originals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    try:
-        for name, d in delta.layers.items():
-            flat = weights[name].view(-1)  # [out*in], shares storage
-            idx = d.index.to(device=flat.device, dtype=torch.int64)
-            originals[name] = (idx, flat.index_select(0, idx))
-            flat.index_add_(0, idx, d.value.to(device=flat.device, dtype=flat.dtype))
-    except BaseException:
-        restore_(weights, Originals(originals))
-        raise
-    return Originals(originals)
-
-
-@torch.no_grad()
-def restore_(weights: Mapping[str, torch.Tensor], originals: Originals) -> None:
-    """Copy the gathered originals back: bit-identical to before :func:`apply_`."""
-    for name, (idx, orig) in originals.entries.items():
-        weights[name].view(-1).index_copy_(0, idx, orig)
-
-
-@contextmanager
-def swapped(
-    weights: Mapping[str, torch.Tensor], delta: SparseDelta, base_id: str | None = None, *, check_entries: bool = True
-) -> Iterator[None]:
-    """``with swapped(w, d): ...`` applies ``d`` and always restores, on error and cancel too."""
-    originals = apply_(weights, delta, base_id, check_entries=check_entries)
-    try:
-        yield
-    finally:
-        restore_(weights, originals)
+        return getattr(layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Generation for evaluation: a state's delta swapped into the base, placeholders resolved, numpy images out."""
+"""Generation for evaluation: a state's delta swapped into the base (:class:`cns_ray.layers.Swap`, restored exactly),
+placeholders resolved, numpy images out."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from cns_ray.delta import LayerDelta, SparseDelta, swapped
+from cns_ray.delta import LayerDelta, SparseDelta
+from cns_ray.layers import Swap, target_layers
 from cns_ray.serve.prompts import encode_prompt
 
 
@@ -42,7 +44,8 @@ def generate(base, delta: SparseDelta | None, tokens: dict[str, torch.Tensor], p
     cond = encode_prompt(pipe.tokenizer, pipe.text_encoder, prompt, tokens)  # [1, T, D]
     uncond = encode_prompt(pipe.tokenizer, pipe.text_encoder, "", tokens)  # [1, T, D]
     dtype = pipe.unet.dtype
-    ctx = swapped(weights, _on(delta, weights), base.base_id) if delta is not None and delta.layers else nullcontext()
+    has = delta is not None and delta.layers
+    ctx = target_layers(pipe.unet, Swap(_on(delta, weights), base.base_id)) if has else nullcontext()
     gen = [torch.Generator().manual_seed(seed + i) for i in range(n)]
     with ctx:
         out = pipe(prompt_embeds=cond.to(dtype), negative_prompt_embeds=uncond.to(dtype), height=base.resolution,

@@ -1,8 +1,8 @@
 """The Cones learner: finds one concept's neurons by gradient statistics; learns no values and no embedding.
 
 For ``steps`` steps, on a batch of the concept's images captioned with its prompt, the diffusion loss ``L_con`` is
-back-propagated to every target K/V weight (dense leaf copies of the tenant's current weights routed through
-:func:`~cns_ray.learn.sparse_linear.patched_linears`: the shared UNet is never written) and ``W * dL_con/dW`` is
+back-propagated to every target K/V weight (dense leaf copies of the tenant's current weights, the
+:class:`~cns_ray.layers.Trainable` plan of :func:`cns_ray.layers.target_layers`: the shared UNet is never written) and ``W * dL_con/dW`` is
 summed per layer (:func:`cns_ray.cones.accumulate_scores`). The result is the selection rule of
 :mod:`cns_ray.cones` over that sum: a concept made of indices only (``method="cones"``).
 
@@ -39,7 +39,7 @@ from cns_ray import cones
 from cns_ray.config import LearnerConfig
 from cns_ray.errors import CNSError, InputError
 from cns_ray.learn.learner import CNSLearner, ConceptRequest, _step_seed
-from cns_ray.learn.sparse_linear import patched_linears
+from cns_ray.layers import Trainable, target_layers
 from cns_ray.store import ConceptRecord, TenantState
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,12 @@ class ConesLearner(CNSLearner):
 
     def _patched_unet(self):
         """Every target linear runs with a dense leaf copy of its current weight, so backward fills its grad."""
-        unet = self.base.unet
         self._leaves = {n: w.detach().clone().requires_grad_(True) for n, w in self.start_weights.items()}
-        return patched_linears({n: unet.get_submodule(n) for n in self._leaves}, self._leaves)
+        return target_layers(self.base.unet, Trainable(self._leaves))
+
+    def _text_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """The base text encoder's last hidden state ``[B, T, D]``: no placeholder (it was dropped from the text)."""
+        return self.text_encoder(ids.to(self.device))[0]
 
     def trainable_tensors(self) -> list[torch.Tensor]:
         return []

@@ -1,15 +1,15 @@
 """The CNS learner: one concept of one tenant, continually on top of the tenant's current state.
 
-Trainable state is only (a) the new placeholder token's embedding, a ``[D]`` vector spliced into the embedding
-lookup of a private copy of the text encoder, and (b) per target layer a values vector on the concept's selected
-entries. The shared base UNet is never written: for the duration of the learner's forward its target linears are
-routed (:func:`~cns_ray.learn.sparse_linear.patched_linears`) through
-:class:`~cns_ray.learn.sparse_linear.SparseDeltaLinear`, i.e. ``F.linear(x, W_start.index_put(selected, values))``
-with the patched weight built only transiently per layer (no dense weight copies held between forward and
-backward), so gradients reach only the values vectors and Adam state exists only for them. ``W_start`` is the
-tenant's current weights ``W_base + delta^(m-1)``. (The patch sets an instance ``forward`` on the target modules
-for one forward, without writing their weights: do not run another forward of the same UNet object from another
-thread meanwhile.)
+Trainable state is only (a) the new placeholder token's embedding, a ``[D]`` vector spliced into the input
+embeddings of a private copy of the text encoder for each forward (:func:`cns_ray.layers.spliced_embeddings`, the
+splice serving uses), and (b) per target layer a values vector on the concept's selected entries. The shared base
+UNet is never written: for the duration of the learner's forward its target linears run the
+:class:`~cns_ray.layers.Trainable` plan of :func:`cns_ray.layers.target_layers`, i.e.
+:class:`~cns_ray.learn.sparse_linear.SparseDeltaLinear`, ``F.linear(x, W_start.index_put(selected, values))`` with
+the patched weight built only transiently per layer (no dense weight copies held between forward and backward), so
+gradients reach only the values vectors and Adam state exists only for them. ``W_start`` is the tenant's current
+weights ``W_base + delta^(m-1)``. (The plan sets an instance ``forward`` on the target modules for one forward,
+without writing their weights: do not run another forward of the same UNet object from another thread meanwhile.)
 
 Randomness (image sampling, augmentation, VAE sampling, noise, timesteps) is drawn from a generator seeded from
 ``(cfg.seed, rank, step_index)``, so resuming from :meth:`CNSLearner.state_dict` repeats a run exactly.
@@ -33,7 +33,7 @@ from cns_ray.delta import SparseDelta
 from cns_ray.errors import CNSError, InputError, NotFoundError
 from cns_ray.learn.data import ConceptData, load_concept
 from cns_ray.learn.regularizer import l_reg, overlap_mask, reg_targets
-from cns_ray.learn.sparse_linear import patched_linears
+from cns_ray.layers import Trainable, placeholder_slots, spliced_embeddings, target_layers
 from cns_ray.models.text import add_placeholder_token, register_placeholders
 from cns_ray.neurons import Masks, indices_to_mask, mask_to_indices
 from cns_ray.store import ConceptRecord, TenantState, validate_name, validate_token
@@ -151,7 +151,6 @@ class CNSLearner:
         self.token_id = add_placeholder_token(self.tokenizer, self.text_encoder, self.token, self.request.class_word)
         init = self.text_encoder.get_input_embeddings().weight[self.token_id].detach().float().clone()
         self.token_embedding = torch.nn.Parameter(init)  # [D]
-        self.text_encoder.get_input_embeddings().register_forward_hook(self._splice_token)
         self.input_ids = self.tokenizer(
             self.data.train_captions,
             padding="max_length",
@@ -161,11 +160,6 @@ class CNSLearner:
         ).input_ids  # [N, T]
         if not bool((self.input_ids == self.token_id).any(dim=1).all()):
             raise InputError(f"a training caption lost the token {self.token!r} to truncation: shorten the captions")
-
-    def _splice_token(self, module, inputs, out):  # out: [B, T, D]
-        ids = inputs[0]  # [B, T]
-        hit = (ids == self.token_id).unsqueeze(-1)  # [B, T, 1]
-        return torch.where(hit, self.token_embedding.to(out.dtype), out)
 
     def _setup_weights(self, general: Masks | None) -> None:
         base, sel_cfg = self.base, self.cfg.selection
@@ -229,12 +223,16 @@ class CNSLearner:
 
     def _patched_unet(self):
         """Context: the UNet's overridden target linears run with ``W_start`` (+ values on the concept neurons)."""
-        unet = self.base.unet
-        return patched_linears(
-            {n: unet.get_submodule(n) for n in self._override},
+        return target_layers(self.base.unet, Trainable(
             {n: self.start_weights[n] for n in self._override},
             {n: (self.indices[n], self.values[n]) for n in self._override if n in self.values},
-        )
+        ))
+
+    def _text_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """The private text encoder's last hidden state ``[B, T, D]`` for ``ids [B, T]``, the placeholder's rows
+        spliced with the trainable token embedding (so its grad reaches it)."""
+        with spliced_embeddings(self.text_encoder, placeholder_slots(ids, [self.token_id]), [self.token_embedding]):
+            return self.text_encoder(ids.to(self.device))[0]
 
     def _noise_loss(self, pixels: torch.Tensor, ids: torch.Tensor, gen: torch.Generator, t: torch.Tensor | None = None) -> torch.Tensor:
         """Noise-prediction MSE. pixels [B, 3, R, R] in [-1, 1]; ids [B, T]; draws from ``gen`` (CPU)."""
@@ -248,7 +246,7 @@ class CNSLearner:
             t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
         t = t.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        cond = self.text_encoder(ids.to(self.device))[0]  # [B, T, D]
+        cond = self._text_states(ids)  # [B, T, D]
         with self._patched_unet():
             pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
         kind = self.noise_scheduler.config.prediction_type

@@ -6,20 +6,14 @@ exists only inside the layer's forward and again briefly inside its backward (fo
 weight grad only until its selected entries are gathered; so a forward through many such layers holds no
 per-layer ``[out, in]`` tensors until backward, unlike autograd through ``index_put`` + ``F.linear``.
 
-:func:`patched_linears` routes chosen ``nn.Linear`` modules through it for the duration of a ``with`` block by
-setting an instance ``forward`` on each (restored on exit). The modules' parameters are never written.
+:func:`cns_ray.layers.target_layers` with a :class:`~cns_ray.layers.Trainable` plan routes the UNet's target
+linears through it for the duration of a ``with`` block (the learners); the modules' parameters are never written.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Mapping
-
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from cns_ray.errors import InputError
 
 
 def patched_weight(w_start: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -66,48 +60,3 @@ def sparse_delta_linear(
 ) -> torch.Tensor:
     """Functional form of :class:`SparseDeltaLinear` (``x [..., in]`` -> ``[..., out]``)."""
     return SparseDeltaLinear.apply(x, w_start, bias, idx, values)
-
-
-@contextmanager
-def patched_linears(
-    modules: Mapping[str, nn.Module],
-    weights: Mapping[str, torch.Tensor],
-    sparse: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> Iterator[None]:
-    """Within the block, ``modules[n]`` computes ``F.linear(x, weights[n], bias)``, or :class:`SparseDeltaLinear`
-    with ``(idx, values) = sparse[n]`` where given, instead of using its own weight.
-
-    Every name in ``weights`` must be in ``modules`` (an ``nn.Linear`` whose weight has ``weights[n]``'s shape);
-    ``sparse`` keys must be in ``weights``. Not thread-safe for the patched modules: no other forward through them
-    meanwhile. The modules' parameters are never touched; each module's ``forward`` is restored on exit.
-    """
-    sparse = sparse or {}
-    problems = []
-    for n, w in weights.items():
-        mod = modules.get(n)
-        if not isinstance(mod, nn.Linear):
-            problems.append(f"{n!r} is {type(mod).__name__ if mod is not None else 'missing'}, not an nn.Linear")
-        elif tuple(w.shape) != tuple(mod.weight.shape):
-            problems.append(f"{n!r} weight has shape {tuple(w.shape)}, the module's is {tuple(mod.weight.shape)}")
-    problems += [f"{n!r} has sparse values but no start weight" for n in sparse if n not in weights]
-    if problems:
-        raise InputError("cannot patch linear layers: " + "; ".join(problems) + ": pass weights made for these modules")
-    saved = []
-    try:
-        for n, w in weights.items():
-            mod = modules[n]
-            saved.append((mod, mod.__dict__.get("forward")))
-            mod.forward = _forward(w, mod.bias, *sparse[n]) if n in sparse else _forward(w, mod.bias)
-        yield
-    finally:
-        for mod, before in reversed(saved):
-            if before is None:
-                del mod.forward
-            else:
-                mod.forward = before
-
-
-def _forward(w: torch.Tensor, bias: torch.Tensor | None, idx: torch.Tensor | None = None, values: torch.Tensor | None = None):
-    if idx is None:
-        return lambda x: F.linear(x, w, bias)
-    return lambda x: SparseDeltaLinear.apply(x, w, bias, idx, values)

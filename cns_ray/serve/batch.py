@@ -2,14 +2,16 @@
 
 Cross-attention K and V depend only on the text. For a request with tenant delta ``dW`` and text states ``c``
 (``[T, in]``), each target layer's output is ``c W^T + c dW^T``: the base layer runs on the whole batch as usual and
-a forward hook adds each sample's own sparse term (``dW`` has ``nnz`` entries ``(row, col, value)``, so the term is
-``out[:, row] += c[:, col] * value``, ``T * nnz`` multiply-adds, computed at the first denoising step and reused). The hooks live for one call, on the generator's
-single worker thread; the weights are never written, so a batch may hold any mix of tenants and a failure cannot
-leave a tenant's delta behind.
+each sample gets its own sparse term added, chosen by an explicit sample -> state map (the
+:class:`~cns_ray.layers.PerSample` plan of :func:`cns_ray.layers.target_layers`; the map is built from the
+classifier-free-guidance layout by :func:`cns_ray.layers.cfg_sample_map`). The term costs ``T * nnz`` multiply-adds,
+computed at the first denoising step and reused. The layers are routed for one call, on the generator's single
+worker thread; the weights are never written, so a batch may hold any mix of tenants and a failure cannot leave a
+tenant's delta behind.
 
 A group whose requests all carry one tenant state (a batch of one, or one tenant's burst) needs no per-sample
-term: its delta is swapped into the shared weights for the call and restored exactly, as the swap path does
-(:func:`cns_ray.delta.swapped`, on the generator's single worker thread; restored on error and cancel too). So a
+term: its delta is swapped into the shared weights for the call and restored exactly, as the swap path does (the
+:class:`~cns_ray.layers.Swap` plan, on the generator's single worker thread; restored on error and cancel too). So a
 batch of one costs what the swap path costs and gives its image bit for bit.
 
 Results equal the swap path (:func:`cns_ray.serve.swap.generate_images`) up to float rounding (``(W + dW) c`` vs
@@ -21,82 +23,16 @@ path draws it.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from cns_ray.delta import SparseDelta, swapped
+from cns_ray.delta import SparseDelta
 from cns_ray.errors import InputError
+from cns_ray.layers import PerSample, Swap, cfg_sample_map, target_layers
 from cns_ray.serve.prompts import encode_prompt
 from cns_ray.serve.steps import check_not_cancelled, step_callback
 from cns_ray.serve.swap import GenerationRequest, ServedTenant, png_bytes
-
-
-@dataclass(frozen=True)
-class SampleDelta:
-    """One layer's delta in gather form: ``out[..., rows] += x[..., cols] * values``. All [nnz]."""
-
-    rows: torch.Tensor  # int64
-    cols: torch.Tensor  # int64
-    values: torch.Tensor  # the layer's dtype
-
-
-def sample_deltas(delta: SparseDelta, weights: dict[str, torch.Tensor], base_id: str) -> dict[str, SampleDelta]:
-    """Per layer, ``delta`` in gather form. Checks base_id, layer names and shapes (entries were validated at load)."""
-    delta.validate({n: tuple(w.shape) for n, w in weights.items()}, base_id, check_entries=False)
-    out = {}
-    for name, ld in delta.layers.items():
-        w = weights[name]  # [out, in]
-        idx = ld.index.to(device=w.device, dtype=torch.int64)
-        out[name] = SampleDelta(idx // w.shape[1], idx % w.shape[1], ld.value.to(device=w.device, dtype=w.dtype))
-    return out
-
-
-def add_sample_delta(out: torch.Tensor, x: torch.Tensor, d: SampleDelta) -> None:
-    """In place: ``out[T, out_features] += x[T, in_features] @ dW^T`` for one sample's sparse ``dW``."""
-    out.index_add_(-1, d.rows, x.index_select(-1, d.cols) * d.values)  # [T, nnz] summed into [T, out]
-
-
-@contextmanager
-def per_sample_deltas(modules: dict[str, torch.nn.Module], deltas: Sequence[dict[str, SampleDelta]]) -> Iterator[None]:
-    """While active, target linear ``name`` adds ``deltas[s % len(deltas)][name]`` to sample ``s`` of its output.
-
-    ``deltas`` has one entry per image; the pipeline's classifier-free guidance doubles the batch as
-    ``[uncond images, cond images]``, hence ``s % len(deltas)``. The text states are the same tensor at every
-    denoising step, so each layer computes its term once per call and adds it after (K/V-sized memory per layer,
-    freed with the hooks). Hooks are removed on exit, error or cancel.
-    """
-    handles = []
-    n = len(deltas)
-
-    def hook_for(name: str):
-        memo: list = []  # [(x, term)]: x is held, so ``is`` cannot match a new tensor at a reused address
-
-        def hook(_module, inputs, out):  # inputs[0]: [S, T, in]; out: [S, T, out]
-            x = inputs[0]
-            if memo and memo[0][0] is x:  # the same text states as the previous denoising step
-                return out.add_(memo[0][1])
-            if x.shape[0] % n:
-                raise RuntimeError(f"batch of {x.shape[0]} at {name} is not a multiple of the {n} images")
-            term = torch.zeros_like(out)  # [S, T, out]: every sample's c dW^T
-            for s in range(x.shape[0]):
-                d = deltas[s % n].get(name)
-                if d is not None:
-                    add_sample_delta(term[s], x[s], d)
-            memo[:] = [(x, term)]
-            return out.add_(term)
-
-        return hook
-
-    try:
-        for name in {n for ds in deltas for n in ds}:
-            handles.append(modules[name].register_forward_hook(hook_for(name)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def batch_key(req: GenerationRequest, resolution: int) -> tuple:
@@ -121,8 +57,6 @@ def generate_batch(
     are set, the call stops after the current denoising step.
     """
     from diffusers.utils.torch_utils import randn_tensor
-
-    from cns_ray.targets import find_target_modules
 
     if not items:
         return []
@@ -150,15 +84,16 @@ def generate_batch(
         cond.append(c.expand(req.n, -1, -1))
         uncond.append(u.expand(req.n, -1, -1))
         keys += [key] * req.n
-    if len(per_tenant) == 1:  # one tenant state: swap it in once (exact restore), no per-sample hooks
-        applied = swapped(weights, per_tenant[keys[0]], base.base_id, check_entries=False)
+    if len(per_tenant) == 1:  # one tenant state: swap it in once (exact restore), no per-sample term
+        plan = Swap(per_tenant[keys[0]], base.base_id, check_entries=False)
     else:
-        gather = {k: sample_deltas(d, weights, base.base_id) for k, d in per_tenant.items()}
-        applied = per_sample_deltas(find_target_modules(pipe.unet), [gather[k] for k in keys])
+        state_of = {k: i for i, k in enumerate(per_tenant)}
+        sample_to_state = cfg_sample_map([state_of[k] for k in keys], guidance, pipe.unet.config.time_cond_proj_dim)
+        plan = PerSample(list(per_tenant.values()), sample_to_state, base.base_id, check_entries=False)  # [S]
     check_not_cancelled(list(cancels))
     callback = step_callback(list(cancels), [r.prompt for _, r in items], steps, fault_marker, on_step)
 
-    with applied:
+    with target_layers(pipe.unet, plan):
         out = pipe(
             prompt_embeds=torch.cat(cond).to(dtype),  # [N, T, D], one row per image
             negative_prompt_embeds=torch.cat(uncond).to(dtype),

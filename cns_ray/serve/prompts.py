@@ -2,21 +2,21 @@
 
 The prompt is split on the tenant's own placeholders (exact strings such as ``<rex>``); every other piece is
 tokenized as plain text by the base tokenizer (so another tenant's ``<tok>`` stays literal text). Each placeholder
-takes one position whose input embedding is replaced by the tenant's vector through a forward hook that lives only
-for this call. This gives the same ids as a tokenizer with the placeholder added (``add_tokens``), which is how the
+takes one position whose input embedding is replaced by the tenant's vector for this call only
+(:func:`cns_ray.layers.spliced_embeddings`, the splice the learner uses too). This gives the same ids as a tokenizer with the placeholder added (``add_tokens``), which is how the
 learner tokenizes, and the same embeddings as a text encoder whose table holds the tenant's vector.
 """
 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 
 from cns_ray.errors import InputError
+from cns_ray.layers import spliced_embeddings
 
 
 class PromptTooLongError(InputError):
@@ -65,26 +65,6 @@ def tokenize_with_placeholders(tokenizer, prompt: str, tokens: Mapping[str, obje
     return TokenizedPrompt(torch.tensor(ids, dtype=torch.int64), placeholders, truncated, dropped, n_content)
 
 
-@contextmanager
-def _spliced_embeddings(text_encoder, rows: dict[int, torch.Tensor]) -> Iterator[None]:
-    """While active, the input-embedding layer's output at positions ``rows`` is replaced (batch of 1)."""
-    if not rows:
-        yield
-        return
-
-    def hook(_module, _inputs, out):  # out: [1, T, D]
-        out = out.clone()
-        for pos, vec in rows.items():
-            out[:, pos] = vec.to(device=out.device, dtype=out.dtype)
-        return out
-
-    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 @torch.no_grad()
 def encode_prompt(tokenizer, text_encoder, prompt: str, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The text encoder's last hidden state [1, T, D] for ``prompt`` with the tenant's ``tokens`` resolved.
@@ -100,13 +80,15 @@ def encode_prompt(tokenizer, text_encoder, prompt: str, tokens: Mapping[str, tor
             "put the concept token earlier"
         )
     dim = text_encoder.get_input_embeddings().weight.shape[1]
-    rows = {}
-    for pos, tok in tp.placeholders.items():
+    order = list(dict.fromkeys(tp.placeholders.values()))  # the distinct placeholders, in prompt order
+    for tok in order:
         vec = tokens[tok]
         if vec.dim() != 1 or vec.shape[0] != dim:
             raise ValueError(f"embedding of {tok} has shape {tuple(vec.shape)}, the text encoder needs [{dim}]")
-        rows[pos] = vec  # [D]
+    slots = torch.full((1, tp.ids.numel()), -1, dtype=torch.int64)  # [1, T]: -1 keeps the table's row
+    for pos, tok in tp.placeholders.items():
+        slots[0, pos] = order.index(tok)
     device = next(text_encoder.parameters()).device
-    with _spliced_embeddings(text_encoder, rows):
+    with spliced_embeddings(text_encoder, slots, [tokens[t] for t in order]):
         out = text_encoder(tp.ids.unsqueeze(0).to(device))[0]  # [1, T, D]
     return out

@@ -1,8 +1,9 @@
 """The serving core, without Ray: one tenant's state made device-resident, and generation with it swapped in.
 
-``generate_images`` encodes the prompt with the tenant's placeholders (cns_ray.serve.prompts), applies the
-tenant's delta to the shared UNet target weights (gather originals, ``index_add_``), runs the pipeline and
-restores the originals by copying them back, on success, error and cancellation alike. Cones concepts named in the
+``generate_images`` encodes the prompt with the tenant's placeholders (cns_ray.serve.prompts), swaps the
+tenant's delta into the shared UNet target weights (the :class:`~cns_ray.layers.Swap` plan of
+:func:`cns_ray.layers.target_layers`: gather originals, ``index_add_``), runs the pipeline and restores the originals
+by copying them back, on success, error and cancellation alike. Cones concepts named in the
 prompt (by their placeholder, which is dropped from the text: Cones learns no embedding) have their neurons shut:
 ``-W`` is added there on top of the tenant's delta (:func:`cns_ray.cones.with_shut`), so **a shut weight is zero
 whatever the CNS delta says there**; the restore is the same exact copy-back. It writes shared weights,
@@ -24,8 +25,9 @@ import re
 import torch
 
 from cns_ray import cones
-from cns_ray.delta import LayerDelta, SparseDelta, swapped
+from cns_ray.delta import LayerDelta, SparseDelta
 from cns_ray.errors import DeltaValidationError, InputError
+from cns_ray.layers import Swap, target_layers
 from cns_ray.serve.prompts import encode_prompt
 from cns_ray.serve.steps import InjectedFault, check_not_cancelled, step_callback
 
@@ -163,7 +165,7 @@ def generate_images(
     generator = torch.Generator(device="cpu").manual_seed(int(req.seed))
     # Entries were validated once when the state was loaded (store.load + ServedTenant.from_state) and are
     # immutable since: per request only base_id, layer names and shapes are re-checked.
-    with swapped(weights, delta, base.base_id, check_entries=False):
+    with target_layers(pipe.unet, Swap(delta, base.base_id, check_entries=False)):
         out = pipe(
             prompt_embeds=cond.to(dtype),
             negative_prompt_embeds=uncond.to(dtype),

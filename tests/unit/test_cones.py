@@ -3,7 +3,8 @@
 import torch
 
 from cns_ray import cones
-from cns_ray.delta import LayerDelta, SparseDelta, swapped
+from cns_ray.delta import LayerDelta, SparseDelta
+from cns_ray.layers import swapped
 
 
 def test_selection_keeps_highest_positive_weight_times_grad():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cns_ray.delta import LayerDelta, SparseDelta, apply_, restore_, swapped
+from cns_ray.delta import LayerDelta, SparseDelta
 from cns_ray.errors import BaseMismatchError, DeltaValidationError
+from cns_ray.layers import apply_, restore_, swapped
 
 BASE = "base0123456789ab"
 
@@ -272,3 +273,12 @@ def test_from_weights_and_stats():
     assert torch.equal(d.applied_to(base)["x"], new["x"])
     empty = SparseDelta.from_weights(base, new, {"x": torch.zeros(2, 3, dtype=torch.bool)}, BASE)
     assert empty.nnz == 0 and empty.layers == {}
+
+
+def test_the_swap_names_stay_importable_from_delta():
+    """Benchmarks and older callers import the swap from cns_ray.delta: the same functions as cns_ray.layers'."""
+    from cns_ray import delta, layers
+
+    assert delta.apply_ is layers.apply_ and delta.restore_ is layers.restore_ and delta.swapped is layers.swapped
+    with pytest.raises(AttributeError):
+        delta.no_such_name
