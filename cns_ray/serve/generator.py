@@ -5,7 +5,9 @@ hold its state. Every use of the shared pipeline (generation, the weights digest
 loads run beside it (they only read the store). ``batch_mode="swap"`` runs one request at a time with the tenant's
 delta swapped into the weights (so a replica never has two tenants' deltas in at once); ``"mixed"`` gathers up to
 ``max_batch_size`` requests of any tenants (``serve.batch``) into one pipeline call per (size, steps, guidance),
-each request's delta added per sample, the weights never written (cns_ray/serve/batch.py).
+each request's delta added per sample, the weights never written (cns_ray/serve/batch.py). Serve's batches are
+accepted concurrently and merged by a :class:`~cns_ray.serve.coalesce.Coalescer` into one call at a time: what
+waited behind the running call goes into the next one, so calls are full under load.
 
 Replies are typed (cns_ray/serve/results.py): :class:`Generated` or :class:`Failed` with the status and type of
 the error table, so the ingress answers with the right HTTP status whatever Ray does to exception types. A request
@@ -24,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from cns_ray.errors import CNSError, InputError, TenantUnavailableError
+from cns_ray.errors import CNSError, InputError, RequestCancelledError, TenantUnavailableError
+from cns_ray.serve.coalesce import Coalescer
 from cns_ray.serve.config import ServingConfig
 from cns_ray.serve.results import Failed, Generated, Reloaded, ReplicaStats
 from cns_ray.serve.swap import GenerationRequest, InjectedFault, ServedTenant, generate_images, weights_digest
@@ -33,6 +36,11 @@ from cns_ray.serve.tenant_cache import TenantSlot
 log = logging.getLogger(__name__)
 
 _EXPECTED = (CNSError, InjectedFault)  # failures that are the request's, not a bug: logged without a traceback
+# Serve batches a mixed-mode replica holds at once (each awaits its tenants' loads, then waits in the coalescer). Each
+# holds >= 1 request, so 64 never limits a replica of max_ongoing_requests <= 64, and past that 64 batches waiting
+# fill any call of up to 64 requests. (Serve logs a warning that max_batch_size x 64 exceeds max_ongoing_requests:
+# that sum assumes a call per batch; here batches merge.)
+MAX_CONCURRENT_BATCHES = 64
 
 
 class GeneratorCore:
@@ -206,29 +214,40 @@ class GeneratorCore:
         self, pairs: list[tuple[TenantSlot, GenerationRequest]], cancels: list[threading.Event] | None = None,
         request_ids: list[str] | None = None,
     ) -> list[Generated | Failed]:
-        """The mixed path: one reply per (slot, request), generated together on the worker thread."""
+        """The mixed path: one reply per (slot, request), generated together on the worker thread.
+
+        A request whose cancel event is already set (its caller left while it waited for this call) is skipped:
+        its reply is a cancelled :class:`Failed` nobody reads, and it is not counted as a request."""
         cancels = cancels or [threading.Event() for _ in pairs]
         rids = request_ids or [""] * len(pairs)
-        self.counters["requests"] += len(pairs)
-        self.queued += len(pairs)
+        replies: list[Generated | Failed | None] = [None] * len(pairs)
+        live = []
+        for i, c in enumerate(cancels):
+            if c.is_set():
+                replies[i] = Failed.of(RequestCancelledError("request cancelled before its pipeline call: the client went away"))
+            else:
+                live.append(i)
+        self.counters["requests"] += len(live)
+        self.queued += len(live)
         try:
-            replies: list[Generated | Failed | None] = [None] * len(pairs)
             ready: list[tuple[int, ServedTenant, GenerationRequest]] = []
-            for i, (slot, req) in enumerate(pairs):
+            for i in live:
+                slot, req = pairs[i]
                 try:
                     ready.append((i, await slot.current(), req.with_seed()))
                 except TenantUnavailableError as e:
                     replies[i] = self.failed(e, slot.tenant, rids[i])
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(
-                self.worker, self.generate_batch_sync, [(s, r) for _, s, r in ready], [cancels[i] for i, _, _ in ready]
-            )
-            for (i, served, req), res in zip(ready, results):
-                tenant = pairs[i][0].tenant
-                replies[i] = self.failed(res, tenant, rids[i]) if isinstance(res, BaseException) else self._generated(res, req, served, tenant)
+            if ready:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(
+                    self.worker, self.generate_batch_sync, [(s, r) for _, s, r in ready], [cancels[i] for i, _, _ in ready]
+                )
+                for (i, served, req), res in zip(ready, results):
+                    tenant = pairs[i][0].tenant
+                    replies[i] = self.failed(res, tenant, rids[i]) if isinstance(res, BaseException) else self._generated(res, req, served, tenant)
             return replies  # type: ignore[return-value]
         finally:
-            self.queued -= len(pairs)
+            self.queued -= len(live)
 
     async def digest(self) -> str:
         loop = asyncio.get_running_loop()
@@ -260,6 +279,12 @@ class Generator:
         self._load = serve.multiplexed(max_num_models_per_replica=cfg.max_tenants_per_replica)(load_slot)
         self._batched.set_max_batch_size(cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        # mixed mode: Serve's batches, accepted concurrently, merged into one pipeline call at a time
+        self._calls: Coalescer = Coalescer(self._call, cfg.max_batch_size)
+
+    async def _call(self, items: list[tuple[tuple[TenantSlot, GenerationRequest], threading.Event, str]]) -> list:
+        """One pipeline call over what the coalescer merged: items of (slot, request), cancel event, request id."""
+        return await self.core.generate_many([p for p, _, _ in items], [c for _, c, _ in items], [r for _, _, r in items])
 
     async def _slot(self, tenant: str) -> TenantSlot:
         misses = self.core.counters["cache_misses"]
@@ -300,11 +325,13 @@ class Generator:
             raise
         return _with_stats(reply, self.core.stats())
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    # max_concurrent_batches: Serve's batches are taken at once, not queued one by one behind the running call
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _batched(self, tenants: list[str], requests: list[GenerationRequest], cancels: list[threading.Event],
                        request_ids: list[str], slots: list[asyncio.Future]) -> list[Generated | Failed]:
-        """``mixed`` mode: the requests that arrived together, of any tenants, in as few pipeline calls as fit
-        (``slots``: each request's tenant slot, loading since the request arrived)."""
+        """``mixed`` mode: the requests that arrived together, of any tenants (``slots``: each request's tenant
+        slot, loading since the request arrived), submitted to the coalescer: they join the next pipeline call
+        with whatever else waited behind the running one."""
         pairs, idx, replies = [], [], [None] * len(tenants)
         for i, (t, r) in enumerate(zip(tenants, requests)):
             try:
@@ -313,7 +340,7 @@ class Generator:
             except TenantUnavailableError as e:
                 self.core.counters["requests"] += 1
                 replies[i] = self.core.failed(e, t, request_ids[i])
-        done = await self.core.generate_many(pairs, [cancels[i] for i in idx], [request_ids[i] for i in idx])
+        done = await self._calls.submit([(pairs[k], cancels[i], request_ids[i]) for k, i in enumerate(idx)]) if idx else []
         for i, rep in zip(idx, done):
             replies[i] = rep
         return replies  # type: ignore[return-value]

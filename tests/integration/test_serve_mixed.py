@@ -45,7 +45,7 @@ def app(ray_local, tiny_base, tmp_path_factory):
         store=root, torch_threads=1, num_cpus=0.5, default_steps=2, max_steps=999, max_request_cost=999 * 32 * 32, max_n=2,
         read_env_keys=False,
         api_keys={hash_key(key(t)): t for t in (*TENANTS, "foreign", "fresh")}, fault_marker=FAULT,
-        admin_key_sha256=hash_key("mixed-admin"), batch_mode="mixed", max_batch_size=8, batch_wait_timeout_s=0.2, max_in_flight_per_tenant=8,
+        admin_key_sha256=hash_key("mixed-admin"), batch_mode="mixed", max_batch_size=8, batch_wait_timeout_s=0.01, max_in_flight_per_tenant=8,
     )
     serve.shutdown()  # a Serve left by another module keeps its HTTP port: start ours fresh
     port = free_port()
@@ -94,6 +94,22 @@ def test_mixed_tenants_share_calls_and_match_alone(app, tiny_base):
     calls = stats["batches"] - calls_alone
     assert calls <= len(jobs) / 2, calls  # requests of different tenants shared pipeline calls (8 in flight)
     assert gen.weights_digest.remote().result() == before  # nothing was ever written
+
+
+def test_at_twice_max_batch_size_in_flight_calls_are_full(app):
+    """What waits behind the running call goes into the next one (cns_ray/serve/coalesce.py): with 16 in flight and
+    max_batch_size 8, calls hold far more than Serve's batcher alone gave (2.9 per call in this test without the coalescer)."""
+    client, gen = app["client"], app["gen"]
+    jobs = [(t, f"a small <{t}> shape at the left on a grey background", s) for s in range(8) for t in (*TENANTS, "fresh")]
+    before = gen.stats.remote().result()
+    with cf.ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda c: post(client, *c, steps=6).status_code, jobs))
+    after = gen.stats.remote().result()
+    assert codes == [200] * len(jobs)
+    calls = after["batches"] - before["batches"]
+    sizes = {int(k): v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
+    assert len(jobs) / calls >= 4, (calls, sizes)  # mean requests per call >= half of max_batch_size
+    assert sizes.get(8, 0) >= 1 and max(k for k, v in sizes.items() if v) <= 8, sizes
 
 
 def test_metrics_show_mixed_batch_sizes(app):

@@ -66,3 +66,19 @@ async def _mixed(core, slot, req, event):
     except asyncio.CancelledError:
         event.set()  # what Generator.generate does for each caller of the batch
         raise
+
+
+def test_a_request_cancelled_while_it_waited_is_left_out_of_the_mixed_call(core):
+    """The coalescer hands the generator what waited; a request whose caller left meanwhile is not generated."""
+    import threading
+
+    req = GenerationRequest(prompt="a photo of <tok> dog", steps=2, seed=1, height=32, width=32)
+    slot = core.new_slot("acme")
+    gone, kept = threading.Event(), threading.Event()
+    gone.set()
+    requests0, ok0, steps0 = core.counters["requests"], core.counters["ok"], core.counters["steps"]
+    left, done = asyncio.run(core.generate_many([(slot, req), (slot, req)], [gone, kept], ["r-gone", "r-kept"]))
+    assert left.type == "cancelled" and left.status == 499
+    assert done.images and core.counters["ok"] == ok0 + 1
+    assert core.counters["requests"] == requests0 + 1  # only the live request reached the pipeline
+    assert core.counters["steps"] - steps0 == 2  # one call of 2 steps, for the one image
