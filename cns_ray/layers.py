@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cns_ray.delta import SparseDelta
-from cns_ray.errors import InputError
+from cns_ray.errors import CNSError, InputError
 from cns_ray.targets import find_target_modules
 
 
@@ -233,7 +233,7 @@ def _per_sample_forwards(modules: Mapping[str, nn.Module], plan: PerSample) -> d
             if memo and memo[0][0] is x:  # the same text states as the previous denoising step
                 return out.add_(memo[0][1])
             if x.shape[0] != len(rows):
-                raise InputError(
+                raise CNSError(  # a caller's layout bug, not the user's input: a 500
                     f"the UNet batch at {name} has {x.shape[0]} samples, sample_to_state maps {len(rows)}: build the "
                     "map for this call's layout with cfg_sample_map (classifier-free guidance doubles the batch)"
                 )
@@ -301,7 +301,7 @@ def spliced_embeddings(text_encoder: nn.Module, slots: torch.Tensor, vectors: Se
 
     def hook(_module, _inputs, out):  # out: [B, T, D]
         if tuple(out.shape[:2]) != tuple(slots.shape):
-            raise InputError(f"the text batch is {tuple(out.shape[:2])} (samples, tokens), the placeholder slots are "
+            raise CNSError(f"the text batch is {tuple(out.shape[:2])} (samples, tokens), the placeholder slots are "
                              f"{tuple(slots.shape)}: build the slots from this call's ids")
         where = slots.to(out.device)
         for k, vec in enumerate(vectors):
