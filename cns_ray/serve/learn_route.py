@@ -90,15 +90,51 @@ def _checked_names(concept: str, class_word: str, token: str | None) -> str:
     return token
 
 
+MAX_CONES_JOINT = 8
+"""Most concepts one ``cones_joint`` field may name (a joint record is served only when a prompt names them all)."""
+
+
+def cones_joint_field(value: str | None, method: str, concept: str) -> tuple[str, ...]:
+    """The form's ``cones_joint`` (``"rex,mia"``, as the CLI's ``--cones-joint A,B``) as concept names, checked:
+    method ``cones``, 2 to :data:`MAX_CONES_JOINT` distinct valid names, not the concept being learned. Empty or
+    absent: ``()``, an ordinary concept. Whether the tenant has those Cones concepts is checked when the job runs, on
+    the head it learns on (jobs of a tenant run in order, so they may still be queued now)."""
+    names = tuple(n.strip() for n in (value or "").split(",") if n.strip())
+    if not names:
+        return ()
+    shown = (value or "")[:80]
+    if method != "cones":
+        raise _api_error(422, "invalid_request", f"cones_joint={shown!r} refines Cones concepts jointly and needs "
+                         f"method=cones, got method={method[:20]!r}: send method=cones, or leave cones_joint out")
+    try:
+        for n in names:
+            validate_name(n, "concept")
+    except ValueError as e:
+        raise _api_error(422, "invalid_name", f"cones_joint={shown!r}: {e}") from e
+    problems = []
+    if not 2 <= len(names) <= MAX_CONES_JOINT:
+        problems.append(f"names {len(names)} concept(s), it needs 2 to {MAX_CONES_JOINT}")
+    if len(set(names)) != len(names):
+        problems.append("names a concept twice")
+    if concept in names:
+        problems.append(f"names {concept!r}, the concept being learned")
+    if problems:
+        raise _api_error(422, "invalid_request", f"cones_joint={shown!r} " + " and ".join(problems) + ": send the "
+                         "tenant's single-subject Cones concepts to refine together, comma-separated, e.g. 'rex,mia'")
+    return names
+
+
 async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concept: str, class_word: str, token: str | None,
-                          steps: int | None, *, method: str = "cns") -> str:
-    """Check the form, save the images, submit the job; ``method``: ``cns`` (default) or ``cones``."""
+                          steps: int | None, *, method: str = "cns", cones_joint: str | None = None) -> str:
+    """Check the form, save the images, submit the job; ``method``: ``cns`` (default) or ``cones``; ``cones_joint``:
+    ``"A,B"`` for a Cones joint refinement of those concepts (:func:`cones_joint_field`)."""
     from cns_ray.config import LearnerConfig
 
     if method not in METHODS or method == "synthesized":  # a synthesized concept is made by method=synthesize
         raise _api_error(422, "invalid_request", f"method={method[:20]!r} must be one of {['cns', 'cones', SYNTHESIZE]} "
                          "(default 'cns')")
     token = _checked_names(concept, class_word, token)
+    joint = cones_joint_field(cones_joint, method, concept)  # before any image is read or saved
     steps = cfg.learn_steps if steps is None else steps  # still None: the base's default, filled by the learner
     if steps is not None and not 1 <= steps <= cfg.max_learn_steps:
         raise _api_error(422, "invalid_request", f"steps={steps} must be in [1, {cfg.max_learn_steps}]")
@@ -121,10 +157,11 @@ async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concep
     actor = await asyncio.to_thread(scheduler, cfg)
     try:
         job_id = await actor.submit.remote(request, LearnerConfig(steps=steps, token_lr=None, weight_lr=None, use_gpu=_learn_on_gpu(cfg),
-                                                                  method=method).to_dict())  # lrs: the base's
+                                                                  method=method, cones_joint=joint).to_dict())  # lrs: the base's
     except (InputError, ValueError) as e:
         raise _api_error(422, "invalid_request", str(e)) from e
-    log.info("tenant %s: submitted learning of %s (%d images) as job %s", tenant, concept, len(pngs), job_id)
+    log.info("tenant %s: submitted learning of %s (%d images%s) as job %s", tenant, concept, len(pngs),
+             f", joint of {','.join(joint)}" if joint else "", job_id)
     return job_id
 
 

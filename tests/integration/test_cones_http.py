@@ -161,6 +161,12 @@ def test_cones_concepts_learned_served_concatenated_rolled_back_deleted_over_htt
     try:
         jobs = [_learn(ep, "rex"), _learn(ep, "mia")]  # queued in order: mia learns on rex's committed version
         assert [_wait(ep, j)["version"] for j in jobs] == [1, 2]
+        # the joint-refinement field (the CLI's --cones-joint A,B) is read and checked: one name is refused, no job
+        bad = ep.c.post("/v1/concepts", data={"concept": "pair", "class_word": "pair", "method": "cones",
+                                              "cones_joint": "rex"}, files=[("images", ("0.png", b"x", "image/png"))],
+                        headers=h("acme"))
+        assert bad.status_code == 422 and "cones_joint='rex'" in bad.text and "2 to 8" in bad.text, bad.text
+        assert [j["concept"] for j in ep.c.get("/v1/jobs", headers=h("acme")).json()["jobs"]] == ["rex", "mia"]
 
         # list and show: both Cones, indices only
         listed = ep.c.get("/v1/concepts", headers=h("acme")).json()

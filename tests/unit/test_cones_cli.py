@@ -4,6 +4,7 @@ import argparse
 import json
 import shlex
 
+import pytest
 import torch
 
 from cns_ray.config import LearnerConfig, StoreConfig
@@ -62,3 +63,80 @@ def test_http_learn_refuses_an_unknown_method_before_reading_images():
     with pytest.raises(ApiError) as e:
         asyncio.run(submit_learning(ServingConfig(), None, "acme", NoImages(), "kit", "cat", None, 5, method="lora"))
     assert e.value.status == 422 and "cns" in str(e.value) and "cones" in str(e.value)
+
+
+class _Upload:
+    """A stand-in for FastAPI's UploadFile: a name and async ``read``."""
+
+    def __init__(self, data: bytes, filename: str = "a.png"):
+        self.data, self.filename = data, filename
+
+    async def read(self, _limit: int = -1) -> bytes:
+        return self.data
+
+
+def test_http_cones_joint_field_parses_like_the_cli_flag():
+    from cns_ray.serve.learn_route import cones_joint_field
+
+    assert cones_joint_field("rex, mia", "cones", "rex_mia") == ("rex", "mia")
+    assert cones_joint_field("rex,mia,zed", "cones", "trio") == ("rex", "mia", "zed")
+    assert cones_joint_field(None, "cns", "x") == () and cones_joint_field(" , ", "cns", "x") == ()
+
+
+
+@pytest.mark.parametrize(("value", "method", "status", "says"), [
+    ("rex,mia", "cns", 422, ["cones_joint='rex,mia'", "needs method=cones", "method='cns'"]),
+    ("rex,mia", "synthesize", 422, ["needs method=cones"]),
+    ("rex", "cones", 422, ["names 1 concept(s)", "2 to 8", "e.g. 'rex,mia'"]),
+    ("rex,rex", "cones", 422, ["names a concept twice"]),
+    ("rex,pair", "cones", 422, ["names 'pair', the concept being learned"]),
+    ("rex,../x", "cones", 422, ["cones_joint='rex,../x'", "concept"]),
+    (",".join(f"c{i}" for i in range(9)), "cones", 422, ["names 9 concept(s)", "2 to 8"]),
+], ids=["not-cones", "synthesize", "one-name", "twice", "itself", "bad-name", "too-many"])
+def test_http_learn_refuses_a_bad_cones_joint_before_reading_images(value, method, status, says):
+    import asyncio
+
+    from cns_ray.errors import ApiError
+    from cns_ray.serve.config import ServingConfig
+    from cns_ray.serve.learn_route import cones_joint_field, submit_learning
+
+    class NoImages:
+        def __iter__(self):
+            raise AssertionError("images must not be read (nor saved) for a refused cones_joint")
+
+    with pytest.raises(ApiError) as e:
+        if method == "synthesize":  # the ingress checks the field before the synthesize branch
+            cones_joint_field(value, method, "pair")
+        else:
+            asyncio.run(submit_learning(ServingConfig(), None, "acme", NoImages(), "pair", "pair", None, 5,
+                                        method=method, cones_joint=value))
+    assert e.value.status == status and all(s in str(e.value) for s in says), str(e.value)
+
+
+def test_http_cones_joint_reaches_the_job_config(monkeypatch):
+    """A valid field is submitted as LearnerConfig.cones_joint, as `cns learn --cones-joint rex,mia` does."""
+    import asyncio
+    import io
+
+    from PIL import Image
+
+    from cns_ray.serve import learn_route
+    from cns_ray.serve.config import ServingConfig
+
+    submitted = []
+
+    class Remote:
+        async def remote(self, request, cfg):  # the scheduler actor's ``submit``
+            submitted.append((request, cfg))
+            return "job-1"
+
+    monkeypatch.setattr(learn_route, "scheduler", lambda cfg: type("Actor", (), {"submit": Remote()})())
+    monkeypatch.setattr(learn_route, "save_uploads", lambda store, tenant, pngs: "store:uploads/acme/x")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="PNG")
+    job = asyncio.run(learn_route.submit_learning(ServingConfig(use_gpu=False), None, "acme", [_Upload(buf.getvalue())],
+                                                  "pair", "pair", None, 4, method="cones", cones_joint="rex, mia"))
+    assert job == "job-1"
+    (request, cfg), = submitted
+    assert request["concept"] == "pair" and LearnerConfig.from_dict(cfg).cones_joint == ("rex", "mia")
+    assert LearnerConfig.from_dict(cfg).method == "cones"
