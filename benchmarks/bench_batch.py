@@ -11,7 +11,8 @@ Two parts, printed as markdown, both on the shipped default model ``tiny`` (32 p
 2. Over HTTP: the Serve app in each setup of ``HTTP_SETUPS`` (the swap path and mixed mode at 2x max_batch_size in
    flight, mixed at 1x), each its own app with one generator replica, all deployed at once under their own route
    prefixes; the same requests (threads + httpx on 127.0.0.1): requests/s vs the swap path and vs the in-process
-   batches of max_batch_size, p50/p95 latency, requests per pipeline call and the share of full calls.
+   batches of max_batch_size, p50/p95 latency, requests per pipeline call and the share of full calls; the replica
+   worker thread's CPU time per request, and the share of its busy time it held a core (where the time goes).
 Every row runs the same rounds of ``--round`` requests in turn (the HTTP rows' order rotating), so the drift of a
 shared machine hits every row alike: compare rows of one run.
 """
@@ -98,12 +99,16 @@ class InProcess:
         return self.n[key] / self.wall[key]
 
     def rows(self, n_tenants: int) -> list[list]:
-        rows = [["swap path, one request at a time", f"{self.ips('swap'):.2f}", "1.00x", "1.00x", "-"]]
+        rows = [["swap path, one request at a time", f"{self.ips('swap'):.2f}", "1.00x", "1.00x", self.cpu_ms("swap"), "-"]]
         for k in (k for k in self.wall if k != "swap"):
             diff = max(int(np.abs(_pixels(a) - _pixels(b)).max()) for a, b in zip(self.images[k], self.images["swap"]))
             rows.append([f"mixed batches of {k} ({min(k, n_tenants)} tenants per batch)", f"{self.ips(k):.2f}",
-                         f"{self.wall['swap'] / self.wall[k]:.2f}x", f"{self.cpu['swap'] / self.cpu[k]:.2f}x", str(diff)])
+                         f"{self.wall['swap'] / self.wall[k]:.2f}x", f"{self.cpu['swap'] / self.cpu[k]:.2f}x",
+                         self.cpu_ms(k), str(diff)])
         return rows
+
+    def cpu_ms(self, key) -> str:
+        return fmt_ms(self.cpu[key] / self.n[key] * 1e3)
 
 
 class HttpRow:
@@ -114,7 +119,7 @@ class HttpRow:
         self.label, self.mode, self.flight, self.prefix, self.cfg = label, mode, flight, prefix, cfg
         self.wall, self.ok, self.sent, self.lat = 0.0, 0, 0, []
         self.requests = self.calls = 0
-        self.busy, self.sizes = 0.0, {}
+        self.busy, self.busy_cpu, self.sizes = 0.0, 0.0, {}
 
     def run(self, url: str, gen, jobs: list) -> None:
         s0 = gen.stats.remote().result()
@@ -128,6 +133,7 @@ class HttpRow:
         self.requests += n_req
         self.calls += (s1["batches"] - s0["batches"]) if self.mode == "mixed" else n_req
         self.busy += s1["busy_s"] - s0["busy_s"]
+        self.busy_cpu += s1["busy_cpu_s"] - s0["busy_cpu_s"]
         for k, v in s1["batch_sizes"].items():
             self.sizes[int(k)] = self.sizes.get(int(k), 0) + v - s0["batch_sizes"].get(k, 0)
 
@@ -138,7 +144,8 @@ class HttpRow:
         return [self.label, str(self.flight), str(self.cfg.generator_ongoing()), f"{self.ok}/{self.sent}", f"{rps:.2f}",
                 f"{rps / swap_rps:.2f}x", f"{rps / batched_ips:.2f}x", fmt_ms(p50), f"{p50 / swap_p50:.2f}x",
                 fmt_ms(pct(self.lat, 0.95)), f"{self.requests / max(self.calls, 1):.1f}", full,
-                f"{self.busy / self.wall:.0%}"]
+                f"{self.busy / self.wall:.0%}", fmt_ms(self.busy_cpu / max(self.requests, 1) * 1e3),
+                f"{self.busy_cpu / max(self.busy, 1e-9):.0%}"]
 
 
 def bench(args, base) -> tuple[list[list], list[list] | None, list[str]]:
@@ -249,13 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     in_rows, http_rows, loads = bench(args, base)
     print(f"### 1. In-process, model `tiny` (32 px), {args.requests} requests, {STEPS} steps, guidance {GUIDANCE}, "
           f"{args.tenants} tenants with {DENSITY:.0%} deltas, 1 torch thread\n")
-    print(markdown_table(["path", "images/s", "vs swap (wall)", "vs swap (CPU time per image)", "max pixel diff vs swap"], in_rows))
+    print(markdown_table(["path", "images/s", "vs swap (wall)", "vs swap (CPU time per image)", "CPU per image (ms)",
+                          "max pixel diff vs swap"], in_rows))
     if http_rows is not None:
         print(f"\n### 2. HTTP, one generator replica per setup (0.5 CPU, 1 torch thread), max_batch_size {args.batch}, "
               f"{args.requests} requests per row\n")
         print(markdown_table(["setup", "in flight", "generator max_ongoing_requests", "ok", "requests/s", "vs swap",
                               f"vs in-process batches of {args.batch}", "p50 (ms)", "p50 vs swap", "p95 (ms)",
-                              "requests per call", "full calls", "replica busy"], http_rows))
+                              "requests per call", "full calls", "replica busy", "worker CPU per request (ms)",
+                              "worker on a core while busy"], http_rows))
     print(f"\nLoad average (1 min) after each round: {', '.join(loads)}; at the end {_load()}. "
           f"Total {time.perf_counter() - t_start:.0f} s.")
     return 0

@@ -77,6 +77,7 @@ class GeneratorCore:
         self.batch_sizes: Counter = Counter()
         self.load_seconds = 0.0
         self.busy_s = 0.0
+        self.busy_cpu_s = 0.0  # the worker thread's CPU time while generating (busy_s - this: waiting for a core)
         self.queued = 0
 
     def _step(self) -> None:
@@ -89,6 +90,7 @@ class GeneratorCore:
             images=c["images"], steps=c["steps"], cache_hits=c["cache_hits"], cache_misses=c["cache_misses"],
             tenant_loads=c["tenant_loads"], tenant_evictions=c["tenant_evictions"], load_seconds=round(self.load_seconds, 6),
             batches=c["batches"], batch_sizes=dict(self.batch_sizes), queued=self.queued, busy_s=round(self.busy_s, 6),
+            busy_cpu_s=round(self.busy_cpu_s, 6),
         )
 
     # ---------------------------------------------------------------- tenants
@@ -130,11 +132,12 @@ class GeneratorCore:
     # ---------------------------------------------------------------- swap path
     def generate_sync(self, served: ServedTenant, req: GenerationRequest, cancel: threading.Event | None = None) -> list[bytes]:
         """Swap + generate + restore on the calling thread (callers serialise; the deployment uses ``worker``)."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return generate_images(self.base, self.weights, served, req, self.config.fault_marker, cancel, self._step)
         finally:
             self.busy_s += time.perf_counter() - t0
+            self.busy_cpu_s += time.thread_time() - c0
 
     async def generate(
         self, slot: TenantSlot, req: GenerationRequest, cancel: threading.Event | None = None, request_id: str = ""
@@ -170,7 +173,7 @@ class GeneratorCore:
         from cns_ray.serve.batch import batch_key, generate_batch
 
         cancels = cancels or [threading.Event() for _ in items]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out: list = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
         for i, (served, req) in enumerate(items):
@@ -192,6 +195,7 @@ class GeneratorCore:
                     out[i] = im
         finally:
             self.busy_s += time.perf_counter() - t0
+            self.busy_cpu_s += time.thread_time() - c0
             self.counters["batches"] += len(groups)
         return out
 

@@ -32,6 +32,7 @@ _REPLICA_COUNTERS = {
     "load_seconds": "seconds spent loading tenant states",
     "batches": "pipeline calls (mixed mode: requests / batches = mean batch size)",
     "busy_s": "seconds the replica's worker thread spent generating",
+    "busy_cpu_s": "CPU seconds of the replica's worker thread while generating (below busy_s: it waited for a core)",
 }
 
 

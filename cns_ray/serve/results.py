@@ -35,6 +35,8 @@ class ReplicaStats:
     queued: int = 0
     """Requests on this replica not finished yet (waiting for the worker thread or running) at the snapshot."""
     busy_s: float = 0.0
+    busy_cpu_s: float = 0.0
+    """CPU seconds of the worker thread while generating: below ``busy_s`` when the thread waited for a core."""
 
 
 @dataclass(frozen=True)

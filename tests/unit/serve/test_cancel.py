@@ -82,3 +82,5 @@ def test_a_request_cancelled_while_it_waited_is_left_out_of_the_mixed_call(core)
     assert done.images and core.counters["ok"] == ok0 + 1
     assert core.counters["requests"] == requests0 + 1  # only the live request reached the pipeline
     assert core.counters["steps"] - steps0 == 2  # one call of 2 steps, for the one image
+    stats = core.stats()
+    assert 0 < stats.busy_cpu_s <= stats.busy_s + 0.01  # the worker thread's CPU time, within its busy time
