@@ -116,6 +116,8 @@ def eval_concept(base, synth, metric, scorer, library: tuple, name: str, cfg: Sy
                     extra["entries"] = stats["entries"]
                 scores = _score(base, scorer, c, delta, tokens, m != "floor", cfg, seed, guidance)
                 out.append({"concept": c.name, "method": m, "seed": seed, "seconds": round(secs, 4), **scores, **extra})
+                print(f"[{c.name} seed {seed + 1}/{cfg.seeds}] {m}: pixel {scores.get('pixel', float('nan')):.3f} "
+                      f"readout {scores.get('readout', float('nan')):.3f} ({secs:.2f} s)", flush=True)
     return out
 
 
