@@ -31,6 +31,15 @@ class SelectionConfig:
     """Optional cap on concept neurons as a fraction of all target weights (kept by score); None = no cap."""
     prompt_chunk: int = 8
     """Prompts scored together per batch; bounds memory at [chunk, out, in] per layer."""
+    exclusive: bool = False
+    """Opt-in (docs/method-notes.md): a tenant's new concept takes no entry its earlier concepts hold. Its neurons
+    are (base AND NOT general AND NOT earlier), filled back up per layer to today's count with the highest mean
+    caption scores among the entries not general and not earlier; so one tenant's concepts own disjoint weights.
+    False (the default): earlier concepts' entries may be selected again, and L_reg pulls them to their values."""
+    token_warmup: int = 0
+    """Opt-in (docs/method-notes.md): steps of learning only the placeholder embedding before selection; selection
+    then scores the training captions *with* the warmed-up embedding spliced in, so two concepts with the same caption
+    templates can differ in what is scored. 0 (the default): selection scores the caption without the placeholder."""
 
     def __post_init__(self) -> None:
         p: list[str] = []
@@ -41,6 +50,7 @@ class SelectionConfig:
             f"budget={self.budget} must be None or in (0, 1], e.g. 0.01 for 1% of the target weights",
         )
         _check(p, self.prompt_chunk >= 1, f"prompt_chunk={self.prompt_chunk} must be >= 1")
+        _check(p, self.token_warmup >= 0, f"token_warmup={self.token_warmup} must be >= 0 (0 = no warm-up), e.g. 25")
         _raise("SelectionConfig", p)
 
 

@@ -119,6 +119,30 @@ def cap_to_budget(masks: Masks, scores: dict[str, torch.Tensor], budget: float) 
     return out
 
 
+def exclusive_refill(concept: Masks, general: Masks, held: Masks, scores: dict[str, torch.Tensor]) -> Masks:
+    """``concept`` without the entries in ``held`` (a tenant's earlier concepts), filled back up per layer to its
+    count with the highest-``scores`` entries that are neither general nor held (nor already kept).
+
+    All name -> bool [out, in] (``scores``: float [out, in]); a layer missing from ``held`` holds nothing. A layer
+    whose free entries run out keeps all of them (fewer than its count)."""
+    out = {}
+    for n, m in concept.items():
+        h = held.get(n)
+        if h is None or not bool((m & h).any()):
+            out[n] = m.clone()
+            continue
+        keep = m & ~h  # [out, in]
+        need = int(m.sum()) - int(keep.sum())
+        pool = ~general[n] & ~h & ~keep  # [out, in]
+        flat = torch.where(pool, scores[n].float(), torch.tensor(-1.0)).flatten()  # scores are >= 0
+        take = min(need, int(pool.sum()))
+        extra = torch.zeros_like(flat, dtype=torch.bool)
+        if take > 0:
+            extra[flat.topk(take).indices] = True
+        out[n] = keep | (extra.view(m.shape) & pool)
+    return out
+
+
 def mask_fraction(masks: Masks) -> float:
     total = sum(m.numel() for m in masks.values())
     return sum(int(m.sum()) for m in masks.values()) / max(total, 1)

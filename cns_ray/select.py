@@ -55,9 +55,11 @@ def general_masks_local(base, prompts: list[str], cfg: SelectionConfig) -> neuro
     return neurons.select_masks(_cpu_weights(base), norms, cfg.select_ratio, cfg.prompt_chunk)
 
 
-def base_masks(base, captions: list[str], cfg: SelectionConfig) -> neurons.Masks:
-    """Base neurons of a concept: AND over its images' captions."""
-    norms = token_norms(base.tokenizer, base.text_encoder, captions)  # [N, in]
+def base_masks(base, captions: list[str], cfg: SelectionConfig, norms: torch.Tensor | None = None) -> neurons.Masks:
+    """Base neurons of a concept: AND over its images' captions (``norms`` [N, in]: their feature norms, when the
+    caller encoded them itself, e.g. with a placeholder embedding spliced in)."""
+    if norms is None:
+        norms = token_norms(base.tokenizer, base.text_encoder, captions)  # [N, in]
     return neurons.select_masks(_cpu_weights(base), norms, cfg.select_ratio, cfg.prompt_chunk)
 
 
@@ -78,15 +80,27 @@ class Selection:
         }
 
 
-def select_concept(base, captions: list[str], general: neurons.Masks, cfg: SelectionConfig) -> Selection:
-    """concept = base AND NOT general, capped to ``cfg.budget`` by mean caption score when set."""
+def select_concept(
+    base, captions: list[str], general: neurons.Masks, cfg: SelectionConfig, *,
+    norms: torch.Tensor | None = None, held: neurons.Masks | None = None,
+) -> Selection:
+    """concept = base AND NOT general, capped to ``cfg.budget`` by mean caption score when set; with
+    ``cfg.exclusive``, moved off the entries ``held`` by the tenant's earlier concepts (:func:`neurons.exclusive_refill`).
+
+    ``norms`` [N, in]: the captions' feature norms when the caller encoded them (token-informed selection); else the
+    base's text encoder encodes ``captions``."""
     if not captions:
         raise InputError("no captions: give one caption per image, or a class word for the template")
-    b = base_masks(base, captions, cfg)
+    if norms is None:
+        norms = token_norms(base.tokenizer, base.text_encoder, captions)  # [N, in]
+    b = base_masks(base, captions, cfg, norms)
     c = neurons.concept_masks(b, general)
-    if cfg.budget is not None:
-        norms = token_norms(base.tokenizer, base.text_encoder, captions)
-        c = neurons.cap_to_budget(c, neurons.mean_scores(_cpu_weights(base), norms), cfg.budget)
+    if cfg.budget is not None or (cfg.exclusive and held):
+        scores = neurons.mean_scores(_cpu_weights(base), norms)
+        if cfg.budget is not None:
+            c = neurons.cap_to_budget(c, scores, cfg.budget)
+        if cfg.exclusive and held:
+            c = neurons.exclusive_refill(c, general, held, scores)
     return Selection(base=b, general=general, concept=c)
 
 

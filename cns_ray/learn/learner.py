@@ -65,8 +65,10 @@ class ConceptRequest:
             self.token = f"<{self.concept}>"
 
 
-def _step_seed(seed: int, rank: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def _step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
+    """Seed of one step; ``stream`` 1 = the token warm-up's steps (0 keeps the training steps' seeds as they were)."""
+    key = [seed, rank, step] + ([stream] if stream else [])
+    return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class CNSLearner:
@@ -80,14 +82,14 @@ class CNSLearner:
         """Train exactly these entries (name -> bool [out, in]) instead of CNS's selection: baselines (cns_ray.eval)."""
         self._setup_request(base, store, request, cfg, rank)
         self._setup_text()
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
         self._setup_weights(general)
         params = [{"params": [self.token_embedding], "lr": cfg.token_lr}]
         if self.values:
             params.append({"params": list(self.values.values()), "lr": cfg.weight_lr})
         self.optimizer = torch.optim.Adam(params)
-        from diffusers import DDPMScheduler
-
-        self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
         self.step_index = 0
         self.total_steps = cfg.steps
         self.losses: list[float] = []
@@ -163,17 +165,6 @@ class CNSLearner:
 
     def _setup_weights(self, general: Masks | None) -> None:
         base, sel_cfg = self.base, self.cfg.selection
-        t0 = time.perf_counter()
-        if self.explicit_masks is not None:
-            masks = self.explicit_masks
-            none = {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}
-            self.selection = select.Selection(base=masks, general=none, concept=masks)
-        else:
-            if general is None:
-                general = select.general_masks_local(base, select.load_prompts(base=base), sel_cfg)
-            t0 = time.perf_counter()
-            self.selection = select.select_concept(base, self.data.captions, general, sel_cfg)
-        self.select_seconds = time.perf_counter() - t0
         self.base_weights = {n: w.detach() for n, w in base.target_weights().items()}  # live, read-only [out, in]
         self.start_weights = dict(self.base_weights)
         prev = self.state.delta.applied_to({n: self.base_weights[n].cpu() for n in self.state.delta.layers})
@@ -186,6 +177,23 @@ class CNSLearner:
         self.values: dict[str, torch.nn.Parameter] = {}
         self.reg_target: dict[str, torch.Tensor] = {}
         self.overlap_count = 0
+        self._override = sorted(self.state.delta.layers)  # until selection: the token warm-up runs on W^(m-1)
+        t0 = time.perf_counter()
+        if self.explicit_masks is not None:
+            masks = self.explicit_masks
+            none = {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}
+            self.selection = select.Selection(base=masks, general=none, concept=masks)
+        else:
+            if general is None:
+                general = select.general_masks_local(base, select.load_prompts(base=base), sel_cfg)
+            t0 = time.perf_counter()
+            norms = self._warm_up_token() if sel_cfg.token_warmup else None
+            held = None
+            if sel_cfg.exclusive:
+                shapes = base.target_shapes()
+                held = {n: indices_to_mask(torch.cat(ix).cpu(), tuple(shapes[n])) for n, ix in earlier.items()}
+            self.selection = select.select_concept(base, self.data.captions, general, sel_cfg, norms=norms, held=held)
+        self.select_seconds = time.perf_counter() - t0
         for n, mask in self.selection.concept.items():
             idx = mask_to_indices(mask.cpu()).to(self.device)  # [nnz] int64, sorted
             if idx.numel() == 0:
@@ -202,6 +210,27 @@ class CNSLearner:
         self._override = sorted(set(self.state.delta.layers) | set(self.indices))
         if not self.indices:
             log.warning("concept %r selected no neurons; only its token embedding is learned", self.request.concept)
+
+    def _warm_up_token(self) -> torch.Tensor:
+        """``selection.token_warmup`` steps learning only the token embedding (the UNet at ``W^(m-1)``, its own Adam,
+        seeds of their own), then the training captions' feature norms ``[N, D]`` with that embedding spliced in: the
+        norms token-informed selection scores. Deterministic, so a resumed run selects the same neurons."""
+        from cns_ray.neurons import feature_norms
+
+        opt = torch.optim.Adam([self.token_embedding], lr=self.cfg.token_lr)
+        for k in range(self.cfg.selection.token_warmup):
+            gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, self.rank, k, stream=1))
+            pick = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=gen)  # [B]
+            opt.zero_grad(set_to_none=True)
+            self._noise_loss(self.data.batch(pick, gen, self.cfg.augment), self.input_ids[pick], gen).backward()
+            opt.step()
+        mask = self.tokenizer(  # [N, T], 1 = real token: as encode_prompts scores any caption
+            self.data.train_captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).attention_mask
+        with torch.no_grad():
+            hidden = self._text_states(self.input_ids).cpu()  # [N, T, D]
+        return feature_norms(hidden, mask.long())
 
     # ------------------------------------------------------------------ training
     def trainable_tensors(self) -> list[torch.Tensor]:

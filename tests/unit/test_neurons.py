@@ -175,3 +175,25 @@ def test_layer_fractions():
     masks = {"a": torch.tensor([[True, False], [False, False]]), "b": torch.ones(2, 2, dtype=torch.bool)}
     assert neurons.layer_fractions(masks) == {"a": 0.25, "b": 1.0}
     assert neurons.mask_fraction(masks) == 5 / 8
+
+
+def test_exclusive_refill_drops_held_entries_and_refills_by_score():
+    concept = {"a": torch.tensor([[True, True, False, False, False, False]]), "b": torch.tensor([[True, False]])}
+    general = {"a": torch.tensor([[False, False, False, False, True, False]]), "b": torch.tensor([[False, False]])}
+    held = {"a": torch.tensor([[True, False, False, False, False, False]])}  # no entry of "b" held
+    scores = {"a": torch.tensor([[9.0, 8.0, 1.0, 3.0, 99.0, 2.0]]), "b": torch.tensor([[1.0, 5.0]])}
+    out = neurons.exclusive_refill(concept, general, held, scores)
+    # entry 0 is held -> dropped; refilled with the best free entry: 3 (99 at 4 is general, 8 at 1 is kept already)
+    assert out["a"].tolist() == [[False, True, False, True, False, False]]
+    assert torch.equal(out["b"], concept["b"])
+    for n in out:
+        assert int(out[n].sum()) == int(concept[n].sum())  # the count is kept
+        assert not bool((out[n] & general[n]).any())
+        assert not bool((out[n] & held.get(n, torch.zeros_like(out[n]))).any())
+
+
+def test_exclusive_refill_keeps_fewer_when_free_entries_run_out():
+    concept = {"a": torch.tensor([[True, True, True]])}
+    out = neurons.exclusive_refill(concept, {"a": torch.tensor([[False, False, False]])},
+                                   {"a": torch.tensor([[True, True, False]])}, {"a": torch.ones(1, 3)})
+    assert out["a"].tolist() == [[False, False, True]]
