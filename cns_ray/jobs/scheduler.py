@@ -3,7 +3,9 @@
 Per tenant, requests run strictly in submission order (one queue per tenant, each job carries a sequence number),
 each on the previous one's committed head; different tenants run concurrently, each run a Ray task (``num_cpus=0``)
 calling :func:`cns_ray.jobs.train.run_learning`, so concurrency is bounded by the Train workers' resources. A
-failed job is marked failed with its error and the tenant's next job still runs.
+purge (HTTP ``POST /v1/concepts/{name}/purge``) is a job of the same queue (:func:`cns_ray.jobs.purge.purge_concept`),
+so it plans on what the tenant's earlier jobs committed and no learning run of the tenant races it. A failed job is
+marked failed with its error and the tenant's next job still runs.
 
 Placement on a cluster: the actor lives on the head node (``node:__internal_head__``, as Ray Train's own state
 actor), and each job's driver task runs on the actor's node, so Ray Train's controller (placed on its driver's node)
@@ -48,6 +50,8 @@ class JobRecord:
     concept: str
     seq: int
     """Position in the tenant's queue (1, 2, ...): the order the tenant's jobs run and commit in."""
+    kind: str = "learn"
+    """``learn`` (a concept learned and committed) or ``purge`` (``concept`` erased by replaying the later ones)."""
     state: str = "queued"
     step: int = 0
     total: int = 0
@@ -55,6 +59,8 @@ class JobRecord:
     version: int | None = None
     parent: int | None = None
     error: str | None = None
+    detail: dict | None = None
+    """A purge's outcome: the versions it removed and the concepts it replayed."""
     submitted_at: str = field(default_factory=_now)
     started_at: str | None = None
     finished_at: str | None = None
@@ -78,6 +84,14 @@ def _run_job(request_dict: dict, cfg_dict: dict, store_uri: str, base_model: str
         run_name=f"{request_dict['concept']}-{job_id}",
         status_cb=status_cb,
     )
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _run_purge(tenant: str, concept: str, store_uri: str, base_model: str, num_cpus: float) -> dict:
+    """One purge on the cluster (cns_ray/jobs/purge.py: the replay is a Ray task of its own): {version, removed, replayed}."""
+    from cns_ray.jobs.purge import purge_concept
+
+    return purge_concept(store_uri, base_model, tenant, concept, num_cpus=num_cpus)
 
 
 def _error_text(e: BaseException) -> str:
@@ -108,16 +122,27 @@ class LearnScheduler:
         for key in ("tenant", "concept", "class_word", "images"):
             if not request_dict.get(key):
                 raise ValueError(f"request is missing {key!r}: give tenant, concept, class_word and images")
-        tenant = request_dict["tenant"]
+        return self._queue("learn", request_dict["tenant"], request_dict["concept"], dict(request_dict), dict(cfg_dict))
+
+    async def submit_purge(self, tenant: str, concept: str, num_cpus: float = 1.0) -> str:
+        """Queue the erasure of ``concept`` (``cns concepts purge``) behind the tenant's queued jobs; returns the job id.
+
+        In the tenant's queue like a learning job, so a purge never races a learning run of the same tenant: it plans
+        on the head the jobs before it committed. ``num_cpus``: the replay task's CPUs."""
+        if not tenant or not concept:
+            raise ValueError(f"purge needs a tenant and a concept, got tenant={tenant!r}, concept={concept!r}")
+        return self._queue("purge", tenant, concept, {"tenant": tenant, "concept": concept, "num_cpus": float(num_cpus)}, {})
+
+    def _queue(self, kind: str, tenant: str, concept: str, request: dict, cfg: dict) -> str:
         job_id = uuid.uuid4().hex[:12]
         self._seq[tenant] = self._seq.get(tenant, 0) + 1
-        self._jobs[job_id] = JobRecord(job_id, tenant, request_dict["concept"], self._seq[tenant])
+        self._jobs[job_id] = JobRecord(job_id, tenant, concept, self._seq[tenant], kind=kind)
         self._done[job_id] = asyncio.Event()
-        self._queues.setdefault(tenant, deque()).append((job_id, dict(request_dict), dict(cfg_dict)))
+        self._queues.setdefault(tenant, deque()).append((job_id, request, cfg))
         runner = self._runners.get(tenant)
         if runner is None or runner.done():
             self._runners[tenant] = asyncio.get_running_loop().create_task(self._drain(tenant))
-        log.info("queued job %s: %s/%s (#%d)", job_id, tenant, request_dict["concept"], self._seq[tenant])
+        log.info("queued %s job %s: %s/%s (#%d)", kind, job_id, tenant, concept, self._seq[tenant])
         return job_id
 
     async def _drain(self, tenant: str) -> None:
@@ -130,7 +155,12 @@ class LearnScheduler:
             rec = self._jobs[job_id]
             rec.state, rec.started_at = "running", _now()
             try:
-                rec.version = await _run_job.options(scheduling_strategy=here).remote(req, cfg, self.store_uri, self.base_model, job_id, me)
+                if rec.kind == "purge":
+                    out = await _run_purge.options(scheduling_strategy=here).remote(
+                        tenant, rec.concept, self.store_uri, self.base_model, req["num_cpus"])
+                    rec.version, rec.detail = out["version"], {"removed": out["removed"], "replayed": out["replayed"]}
+                else:
+                    rec.version = await _run_job.options(scheduling_strategy=here).remote(req, cfg, self.store_uri, self.base_model, job_id, me)
                 rec.state = "succeeded"
                 rec.step = rec.total or rec.step
             except Exception as e:  # noqa: BLE001 - any failure marks the job failed; the queue goes on

@@ -257,15 +257,21 @@ class Ingress:
 
     @app.post("/v1/concepts/{name}/purge")
     async def purge_concept(self, name: str, who: Principal = Depends(principal)):
-        """Erase a concept (cns concepts purge): rebuild without it by replaying later concepts, remove its versions.
-        Blocks until done (a replay is a learning run per later concept)."""
-        from cns_ray.jobs.purge import purge_concept
+        """Erase a concept (cns concepts purge) as a job of the tenant's queue: 202 + job id (GET /v1/jobs/{id}).
+
+        The rebuild replays every later concept's learning, which can take minutes: no request is held open for it.
+        Checked now against the head (unknown concept: 404; later concepts without stored inputs: 422), planned again
+        when the job runs, on the head the tenant's earlier jobs left."""
+        from cns_ray.serve.learn_route import scheduler
         from cns_ray.store.names import validate_name
+        from cns_ray.store.purge import plan_purge
 
         validate_name(name, "concept")
-        out = await asyncio.to_thread(purge_concept, self.cfg.store, self.cfg.base_model, who.tenant, name, num_cpus=0.5)
-        await self._reload(who.tenant)
-        return {"tenant": who.tenant, "purged": name, **out}
+        await asyncio.to_thread(plan_purge, self.store, who.tenant, name)
+        actor = await asyncio.to_thread(scheduler, self.cfg)
+        job_id = await actor.submit_purge.remote(who.tenant, name, 0.5)
+        log.info("tenant %s: submitted purge of %s as job %s", who.tenant, name, job_id)
+        return JSONResponse({"job_id": job_id, "tenant": who.tenant, "concept": name, "kind": "purge"}, status_code=202)
 
     @app.post("/v1/concepts")
     async def learn(

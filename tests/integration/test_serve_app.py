@@ -55,7 +55,7 @@ def app(ray_local, tiny_base, tmp_path_factory):
     store.commit("evo", random_state(tiny_base, "evo", 22), parent=None)
     store.commit("mgmt", random_state(tiny_base, "mgmt", 23, tokens=("<cat1>", "<cat2>")), parent=None)
 
-    tenants = (*TENANTS, "foreign", "broken", "evo", "mgmt", "learner")
+    tenants = (*TENANTS, "foreign", "broken", "evo", "mgmt", "learner", "purger")
     cfg = ServingConfig(
         store=root,
         torch_threads=1,
@@ -321,6 +321,46 @@ def test_learn_route_submits_a_job_the_tenant_alone_can_see(app):
     assert [x["name"] for x in c.get("/v1/concepts", headers=h).json()["concepts"]] == ["pup"]
     gen = post_gen(c, "learner", "a photo of <pup> dog")
     assert gen.status_code == 200 and gen.headers["X-CNS-Version"] == "1"
+
+
+def _wait_job(c, h, job, limit_s=300):
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while True:
+        st = c.get(f"/v1/jobs/{job}", headers=h)
+        assert st.status_code == 200, st.text
+        if st.json()["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            return st.json()
+        time.sleep(1)
+
+
+def test_purge_route_erases_a_concept_as_a_job_of_the_tenants_queue(app):
+    """POST /v1/concepts/{name}/purge: refused at once for an unknown concept; otherwise queued behind the tenant's
+    learning jobs (submitted while the second concept is still queued), then the state is rebuilt without it and no
+    kept version holds it; other tenants cannot see the job."""
+    c = app["client"]
+    h = {"Authorization": f"Bearer {key('purger')}"}
+    files = lambda k: [("images", (f"{i}.png", _png(10 * k + i), "image/png")) for i in range(2)]  # noqa: E731
+    assert c.post("/v1/concepts/nope/purge", headers=h).status_code == 404  # nothing learned yet: nothing queued
+    first = c.post("/v1/concepts", data={"concept": "pa", "class_word": "dog", "steps": "1"}, files=files(1), headers=h)
+    assert first.status_code == 202, first.text
+    assert _wait_job(c, h, first.json()["job_id"])["state"] == "succeeded"
+    second = c.post("/v1/concepts", data={"concept": "pb", "class_word": "cat", "steps": "1"}, files=files(2), headers=h)
+    assert second.status_code == 202, second.text
+    r = c.post("/v1/concepts/pa/purge", headers=h)
+    assert r.status_code == 202 and r.json()["kind"] == "purge", r.text
+    job = r.json()["job_id"]
+    assert c.get(f"/v1/jobs/{job}", headers={"Authorization": f"Bearer {key('t1')}"}).status_code == 404
+    st = _wait_job(c, h, job)
+    learned = _wait_job(c, h, second.json()["job_id"])
+    assert learned["state"] == "succeeded" and learned["seq"] < st["seq"]
+    assert st["state"] == "succeeded", st
+    assert st["detail"]["replayed"] == ["pb"] and st["version"] > learned["version"]
+    assert [x["name"] for x in c.get("/v1/concepts", headers=h).json()["concepts"]] == ["pb"]
+    history = c.get("/v1/concepts/history", headers=h)
+    assert history.status_code == 200, history.text
+    assert all("pa" not in v["concepts"] for v in history.json()["versions"]), history.json()
 
 
 def test_every_listener_of_the_app_is_loopback(app):
