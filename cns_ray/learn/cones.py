@@ -38,6 +38,7 @@ import torch
 from cns_ray import cones
 from cns_ray.config import LearnerConfig
 from cns_ray.errors import CNSError, InputError
+from cns_ray.learn.data import mirror_caption, mirrored_ids
 from cns_ray.learn.learner import CNSLearner, ConceptRequest, _step_seed
 from cns_ray.layers import Trainable, target_layers
 from cns_ray.store import ConceptRecord, TenantState
@@ -59,10 +60,12 @@ class ConesLearner(CNSLearner):
 
             raw = read_captions(list_images(request.images), request.class_word, request.captions)
             self.data.captions = [selection_caption(c) for c in raw]
-        self.input_ids = base.tokenizer(
-            self.data.captions, padding="max_length", max_length=base.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        ).input_ids  # [N, T]: captions without the placeholder
+        def ids(captions: list[str]) -> torch.Tensor:  # [N, T]: captions without the placeholder
+            return base.tokenizer(captions, padding="max_length", max_length=base.tokenizer.model_max_length,
+                                  truncation=True, return_tensors="pt").input_ids
+
+        self.input_ids = ids(self.data.captions)
+        self.input_ids_mirrored = ids([mirror_caption(c) for c in self.data.captions])  # for flipped images
         self.base_weights = {n: w.detach() for n, w in base.target_weights().items()}  # live, read-only [out, in]
         self.start_weights = dict(self.base_weights)
         prev = self.state.delta.applied_to({n: self.base_weights[n].cpu() for n in self.state.delta.layers})
@@ -120,8 +123,8 @@ class ConesLearner(CNSLearner):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, self.rank, self.step_index))
         pick = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=gen)  # [B]
-        pixels = self.data.batch(pick, gen, self.cfg.augment)  # [B, 3, R, R]
-        loss = self._noise_loss(pixels, self.input_ids[pick], gen)
+        pixels, flips = self.data.batch_and_flips(pick, gen, self.cfg.augment)  # [B, 3, R, R], [B]
+        loss = self._noise_loss(pixels, mirrored_ids(self.input_ids[pick], self.input_ids_mirrored[pick], flips), gen)
         loss.backward()
         names = sorted(self._leaves)
         grads = [self._leaves[n].grad if self._leaves[n].grad is not None else torch.zeros_like(self._leaves[n]) for n in names]

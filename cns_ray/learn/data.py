@@ -1,7 +1,8 @@
 """Concept images and captions: loading, captioning with the placeholder, seeded augmentation.
 
 Images are loaded once (RGB, shorter side resized, centre-cropped) to a slightly larger ``load_size`` so that
-augmentation can take a small random crop of ``resolution`` from it; without augmentation the centre crop is used.
+augmentation can take a small random crop of ``resolution`` from it, and mirror it half of the time (its caption is
+then mirrored too: ``left`` and ``right`` trade places); without augmentation the centre crop is used.
 Every random draw comes from a ``torch.Generator`` the caller owns, so a run is reproducible and resumable.
 """
 
@@ -41,8 +42,13 @@ class ConceptData:
 
     def batch(self, indices: torch.Tensor, gen: torch.Generator | None, augment: bool) -> torch.Tensor:
         """Images at ``indices`` cropped to [B, 3, R, R]; random crop + hflip from ``gen`` when ``augment``."""
+        return self.batch_and_flips(indices, gen, augment)[0]
+
+    def batch_and_flips(self, indices: torch.Tensor, gen: torch.Generator | None, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`batch`, and which images were mirrored (bool [B]): their captions' left and right trade places
+        (:func:`mirror_caption`), or a flipped image would contradict its caption."""
         r, s = self.resolution, self.images.shape[-1]
-        out = []
+        out, flips = [], []
         for i in indices.tolist():
             img = self.images[i]  # [3, S, S]
             if augment and gen is not None:
@@ -53,7 +59,26 @@ class ConceptData:
                 flip = False
             crop = img[:, top : top + r, left : left + r]
             out.append(crop.flip(-1) if flip else crop)
-        return torch.stack(out)  # [B, 3, R, R]
+            flips.append(flip)
+        return torch.stack(out), torch.tensor(flips, dtype=torch.bool)  # [B, 3, R, R], [B]
+
+
+_SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the horizontally mirrored image: the words ``left`` and ``right`` swapped (case kept)."""
+    def swap(m: re.Match) -> str:
+        w = m.group(0)
+        new = "right" if w.lower() == "left" else "left"
+        return new.capitalize() if w[0].isupper() else new
+
+    return _SIDES.sub(swap, caption)
+
+
+def mirrored_ids(ids: torch.Tensor, mirrored: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Token ids ``[B, T]`` of a batch: row b from ``mirrored`` where image b was flipped, else from ``ids``."""
+    return torch.where(flips.to(ids.device)[:, None], mirrored, ids)
 
 
 def list_images(folder: str | Path) -> list[Path]:

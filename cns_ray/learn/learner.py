@@ -31,7 +31,7 @@ from cns_ray import select
 from cns_ray.config import LearnerConfig
 from cns_ray.delta import SparseDelta
 from cns_ray.errors import CNSError, InputError, NotFoundError
-from cns_ray.learn.data import ConceptData, load_concept
+from cns_ray.learn.data import ConceptData, load_concept, mirror_caption, mirrored_ids
 from cns_ray.learn.regularizer import l_reg, overlap_mask, reg_targets
 from cns_ray.layers import Trainable, placeholder_slots, spliced_embeddings, target_layers
 from cns_ray.models.text import add_placeholder_token, register_placeholders
@@ -153,15 +153,15 @@ class CNSLearner:
         self.token_id = add_placeholder_token(self.tokenizer, self.text_encoder, self.token, self.request.class_word)
         init = self.text_encoder.get_input_embeddings().weight[self.token_id].detach().float().clone()
         self.token_embedding = torch.nn.Parameter(init)  # [D]
-        self.input_ids = self.tokenizer(
-            self.data.train_captions,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids  # [N, T]
-        if not bool((self.input_ids == self.token_id).any(dim=1).all()):
-            raise InputError(f"a training caption lost the token {self.token!r} to truncation: shorten the captions")
+        def ids(captions: list[str]) -> torch.Tensor:  # [N, T]
+            return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                  truncation=True, return_tensors="pt").input_ids
+
+        self.input_ids = ids(self.data.train_captions)  # [N, T]
+        self.input_ids_mirrored = ids([mirror_caption(c) for c in self.data.train_captions])  # [N, T]: for flipped images
+        for table in (self.input_ids, self.input_ids_mirrored):
+            if not bool((table == self.token_id).any(dim=1).all()):
+                raise InputError(f"a training caption lost the token {self.token!r} to truncation: shorten the captions")
 
     def _setup_weights(self, general: Masks | None) -> None:
         base, sel_cfg = self.base, self.cfg.selection
@@ -222,7 +222,8 @@ class CNSLearner:
             gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, self.rank, k, stream=1))
             pick = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=gen)  # [B]
             opt.zero_grad(set_to_none=True)
-            self._noise_loss(self.data.batch(pick, gen, self.cfg.augment), self.input_ids[pick], gen).backward()
+            pixels, flips = self.data.batch_and_flips(pick, gen, self.cfg.augment)  # [B, 3, R, R], [B]
+            self._noise_loss(pixels, mirrored_ids(self.input_ids[pick], self.input_ids_mirrored[pick], flips), gen).backward()
             opt.step()
         mask = self.tokenizer(  # [N, T], 1 = real token: as encode_prompts scores any caption
             self.data.train_captions, padding="max_length", max_length=self.tokenizer.model_max_length,
@@ -294,9 +295,9 @@ class CNSLearner:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, self.rank, self.step_index))
         pick = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=gen)  # [B]
-        pixels = self.data.batch(pick, gen, self.cfg.augment)  # [B, 3, R, R]
+        pixels, flips = self.data.batch_and_flips(pick, gen, self.cfg.augment)  # [B, 3, R, R], [B]
         self.optimizer.zero_grad(set_to_none=False)
-        diffusion = self._noise_loss(pixels, self.input_ids[pick], gen)
+        diffusion = self._noise_loss(pixels, mirrored_ids(self.input_ids[pick], self.input_ids_mirrored[pick], flips), gen)
         reg = l_reg(self.values, self.reg_target) if self.values else torch.zeros((), device=self.device)
         loss = diffusion + self.cfg.reg_lambda * reg
         loss.backward()

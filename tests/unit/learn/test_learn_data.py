@@ -4,7 +4,7 @@ from PIL import Image
 
 from cns_ray.data import example_concepts
 from cns_ray.errors import InputError
-from cns_ray.learn.data import load_concept, with_placeholder
+from cns_ray.learn.data import load_concept, mirror_caption, mirrored_ids, with_placeholder
 
 
 def _img(path, size=(40, 30), color=(200, 10, 10)):
@@ -50,6 +50,27 @@ def test_augmentation_is_seeded(tmp_path):
     b = d.batch(idx, torch.Generator().manual_seed(5), augment=True)
     c = d.batch(idx, torch.Generator().manual_seed(6), augment=True)
     assert a.shape == (6, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_a_flipped_image_trains_on_its_mirrored_caption(tmp_path):
+    """hflip augmentation mirrors left and right: the flags say which images were flipped, and those images' captions
+    have left and right swapped (a red-left / blue-right image flipped is blue-left, and its caption says so)."""
+    im = Image.new("RGB", (40, 40), (255, 0, 0))
+    im.paste((0, 0, 255), (20, 0, 40, 40))  # red left half, blue right half
+    for i in range(2):
+        im.save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.txt").write_text("a red cat at the left\nLeft: red, right: blue, a cat\n")
+    d = load_concept(tmp_path, "cat", "<c>", 32, augment=True)
+    idx = torch.tensor([0, 1] * 8)
+    pixels, flips = d.batch_and_flips(idx, torch.Generator().manual_seed(0), augment=True)
+    assert flips.dtype == torch.bool and flips.shape == (16,) and 0 < int(flips.sum()) < 16
+    left_is_blue = pixels[:, 2, :, :4].mean(dim=(1, 2)) > 0.5  # [B]
+    assert torch.equal(left_is_blue, flips)
+    assert torch.equal(pixels, d.batch(idx, torch.Generator().manual_seed(0), augment=True))  # same draws as before
+    assert mirror_caption("a <c> cat at the left, Right of a tree") == "a <c> cat at the right, Left of a tree"
+    assert mirror_caption("bright lefty cat") == "bright lefty cat"  # whole words only
+    ids, mirrored = torch.tensor([[1, 2], [3, 4]]), torch.tensor([[5, 6], [7, 8]])
+    assert mirrored_ids(ids, mirrored, torch.tensor([False, True])).tolist() == [[1, 2], [7, 8]]
 
 
 def test_bad_inputs(tmp_path):

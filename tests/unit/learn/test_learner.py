@@ -234,3 +234,20 @@ def _broken(folder):
     Image.new("RGB", (8, 8)).save(folder / "good.png")
     (folder / "bad.png").write_bytes(b"\x89PNG truncated")
     return folder
+
+
+def test_flipped_images_train_on_captions_with_left_and_right_swapped(tiny_base, general, tmp_path):
+    """With augmentation a flipped image's caption is mirrored: the learner's ids for it read 'right' for 'left'."""
+    import shutil
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(EX["mug"][0], folder, ignore=shutil.ignore_patterns("*.txt"))
+    n = len([f for f in folder.iterdir() if f.suffix == ".png"])
+    captions = [f"a {EX['mug'][1]} at the left"] * n
+    store = ConceptStore(StoreConfig(uri=str(tmp_path / "store")))
+    learner = CNSLearner(tiny_base, store, request("mug", images=str(folder), captions=captions), CFG, general)
+    tok = tiny_base.tokenizer
+    plain, mirrored = tok.decode(learner.input_ids[0]), tok.decode(learner.input_ids_mirrored[0])
+    assert "left" in plain and "right" not in plain, plain
+    assert "right" in mirrored and "left" not in mirrored, mirrored
+    assert (learner.input_ids_mirrored == learner.token_id).any(dim=1).all()
