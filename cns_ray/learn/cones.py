@@ -38,7 +38,7 @@ import torch
 from cns_ray import cones
 from cns_ray.config import LearnerConfig
 from cns_ray.errors import CNSError, InputError
-from cns_ray.learn.data import mirror_caption, mirrored_ids
+from cns_ray.learn.data import caption_ids, mirrored_ids
 from cns_ray.learn.learner import CNSLearner, ConceptRequest, _step_seed
 from cns_ray.layers import Trainable, target_layers
 from cns_ray.store import ConceptRecord, TenantState
@@ -60,12 +60,8 @@ class ConesLearner(CNSLearner):
 
             raw = read_captions(list_images(request.images), request.class_word, request.captions)
             self.data.captions = [selection_caption(c) for c in raw]
-        def ids(captions: list[str]) -> torch.Tensor:  # [N, T]: captions without the placeholder
-            return base.tokenizer(captions, padding="max_length", max_length=base.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt").input_ids
-
-        self.input_ids = ids(self.data.captions)
-        self.input_ids_mirrored = ids([mirror_caption(c) for c in self.data.captions])  # for flipped images
+        # [N, T] each: captions without the placeholder, and mirrored for flipped images
+        self.input_ids, self.input_ids_mirrored = caption_ids(base.tokenizer, self.data.captions)
         self.base_weights = {n: w.detach() for n, w in base.target_weights().items()}  # live, read-only [out, in]
         self.start_weights = dict(self.base_weights)
         prev = self.state.delta.applied_to({n: self.base_weights[n].cpu() for n in self.state.delta.layers})

@@ -76,6 +76,16 @@ def mirror_caption(caption: str) -> str:
     return _SIDES.sub(swap, caption)
 
 
+def caption_ids(tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``[N, T]`` of ``captions`` padded to the encoder's window, and of their mirrored captions
+    (:func:`mirror_caption`, for images the augmentation flips)."""
+    def ids(texts: list[str]) -> torch.Tensor:
+        return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids
+
+    return ids(captions), ids([mirror_caption(c) for c in captions])
+
+
 def mirrored_ids(ids: torch.Tensor, mirrored: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Token ids ``[B, T]`` of a batch: row b from ``mirrored`` where image b was flipped, else from ``ids``."""
     return torch.where(flips.to(ids.device)[:, None], mirrored, ids)

@@ -31,7 +31,7 @@ from cns_ray import select
 from cns_ray.config import LearnerConfig
 from cns_ray.delta import SparseDelta
 from cns_ray.errors import CNSError, InputError, NotFoundError
-from cns_ray.learn.data import ConceptData, load_concept, mirror_caption, mirrored_ids
+from cns_ray.learn.data import ConceptData, caption_ids, load_concept, mirrored_ids
 from cns_ray.learn.regularizer import l_reg, overlap_mask, reg_targets
 from cns_ray.layers import Trainable, placeholder_slots, spliced_embeddings, target_layers
 from cns_ray.models.text import add_placeholder_token, register_placeholders
@@ -153,12 +153,7 @@ class CNSLearner:
         self.token_id = add_placeholder_token(self.tokenizer, self.text_encoder, self.token, self.request.class_word)
         init = self.text_encoder.get_input_embeddings().weight[self.token_id].detach().float().clone()
         self.token_embedding = torch.nn.Parameter(init)  # [D]
-        def ids(captions: list[str]) -> torch.Tensor:  # [N, T]
-            return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt").input_ids
-
-        self.input_ids = ids(self.data.train_captions)  # [N, T]
-        self.input_ids_mirrored = ids([mirror_caption(c) for c in self.data.train_captions])  # [N, T]: for flipped images
+        self.input_ids, self.input_ids_mirrored = caption_ids(self.tokenizer, self.data.train_captions)  # [N, T] each
         for table in (self.input_ids, self.input_ids_mirrored):
             if not bool((table == self.token_id).any(dim=1).all()):
                 raise InputError(f"a training caption lost the token {self.token!r} to truncation: shorten the captions")

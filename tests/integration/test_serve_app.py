@@ -296,8 +296,6 @@ def _png(seed: int) -> bytes:
 
 def test_learn_route_submits_a_job_the_tenant_alone_can_see(app):
     """POST /v1/concepts -> job id; GET /v1/jobs/{id} for its tenant only; the learned concept is then served."""
-    import time
-
     c = app["client"]
     h = {"Authorization": f"Bearer {key('learner')}"}
     form = {"concept": "pup", "class_word": "dog", "steps": "1"}
@@ -310,14 +308,8 @@ def test_learn_route_submits_a_job_the_tenant_alone_can_see(app):
     assert r.status_code == 202, r.text
     job = r.json()["job_id"]
     assert c.get(f"/v1/jobs/{job}", headers={"Authorization": f"Bearer {key('t1')}"}).status_code == 404
-    deadline = time.monotonic() + 240
-    while True:
-        st = c.get(f"/v1/jobs/{job}", headers=h)
-        assert st.status_code == 200 and st.json()["tenant"] == "learner"
-        if st.json()["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    assert st.json()["state"] == "succeeded", st.json()
+    st = _wait_job(c, h, job, limit_s=240)
+    assert st["tenant"] == "learner" and st["state"] == "succeeded", st
     assert [x["name"] for x in c.get("/v1/concepts", headers=h).json()["concepts"]] == ["pup"]
     gen = post_gen(c, "learner", "a photo of <pup> dog")
     assert gen.status_code == 200 and gen.headers["X-CNS-Version"] == "1"
