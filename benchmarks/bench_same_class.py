@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a large <{}> circle at the center on a grey background"
 
 
-def run(variant: str, lam: float, steps: int, seed: int, warmup: int, out: Path) -> dict:
+def run(variant: str, lam: float, steps: int, seed: int, warmup: int, out: Path, preserve: float = 0.0) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -44,6 +44,7 @@ def run(variant: str, lam: float, steps: int, seed: int, warmup: int, out: Path)
     base = load_base_model(TINY)
     sel = SelectionConfig(exclusive=variant == "exclusive", token_warmup=warmup if variant == "token" else 0)
     cfg = LearnerConfig(steps=steps, batch_size=4, augment=False, seed=seed, reg_lambda=lam, selection=sel,
+                        preserve_lambda=preserve,
                         **({"weight_lr": 0.0} if variant == "tokenonly" else {}))
     general = general_masks_local(base, calibration_prompts(), SelectionConfig())
     tmp = Path(tempfile.mkdtemp(prefix="same-class-"))
@@ -52,7 +53,7 @@ def run(variant: str, lam: float, steps: int, seed: int, warmup: int, out: Path)
     def gen(prompt, state):
         return generate(base, state.delta if state else None, state.tokens if state else {}, prompt, 4, 0, 20, 4.0)
 
-    res: dict = {"variant": variant, "lambda": lam, "steps": steps, "seed": seed, "warmup": sel.token_warmup}
+    res: dict = {"variant": variant + (f"+preserve{preserve:g}" if preserve else ""), "lambda": lam, "steps": steps, "seed": seed, "warmup": sel.token_warmup}
     neurons: dict[str, dict[str, set[int]]] = {}
     t0 = time.time()
     for name, look in (KIKI, BOBA):
@@ -74,7 +75,7 @@ def run(variant: str, lam: float, steps: int, seed: int, warmup: int, out: Path)
     res["overlap_AB_over_A"] = sum(len(a[n] & b.get(n, set())) for n in a) / max(1, res["kiki_nnz"])
     res["seconds"] = round(time.time() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"res_{variant}_{lam}_{steps}_s{seed}.json").write_text(json.dumps(res, indent=1))
+    (out / f"res_{res['variant']}_{lam}_{steps}_s{seed}.json").write_text(json.dumps(res, indent=1))
     return res
 
 
@@ -90,7 +91,7 @@ def table(folder: Path) -> str:
     order = {"tokenonly": 0, "current": 1, "exclusive": 2, "token": 3}
     lines = ["| selection | lambda | seeds | kiki right after | kiki after boba | boba | floor kiki / boba | "
              "\\|A∩B\\|/\\|A\\| | neurons kiki / boba |", "|---|---|---|---|---|---|---|---|---|"]
-    for (v, lam), ds in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[0][1])):
+    for (v, lam), ds in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0].split("+")[0], 9), kv[0][0], -kv[0][1])):
         col = lambda key: [d[key] for d in ds]  # noqa: E731
         lines.append(
             f"| {v} | {lam:g} | {len(ds)} | {fmt(col('kiki_after_kiki'))} | {fmt(col('kiki_after_boba'))} | "
@@ -106,6 +107,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=25, help="token warm-up steps of the 'token' variant")
+    ap.add_argument("--preserve", type=float, default=0.0, help="LearnerConfig.preserve_lambda (K/V preservation)")
     ap.add_argument("--out", type=Path, default=Path("same-class-results"))
     ap.add_argument("--table", type=Path, help="print the markdown table of a results folder and exit")
     args = ap.parse_args()
@@ -114,7 +116,7 @@ def main() -> None:
         return
     if args.variant is None or args.reg_lambda is None:
         ap.error("give VARIANT and LAMBDA (or --table DIR)")
-    print(json.dumps(run(args.variant, args.reg_lambda, args.steps, args.seed, args.warmup, args.out)))
+    print(json.dumps(run(args.variant, args.reg_lambda, args.steps, args.seed, args.warmup, args.out, args.preserve)))
 
 
 if __name__ == "__main__":

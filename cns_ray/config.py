@@ -76,6 +76,12 @@ class LearnerConfig:
     from the paper's 5e-4 / 3e-5 and 500 steps: cns_ray/models/defaults.py)."""
     reg_lambda: float = 1.0
     """Weight of L_reg (pull towards the previous concept's values on overlap, towards the base elsewhere)."""
+    preserve_lambda: float = 0.0
+    """Weight of the key/value preservation term (docs/method-notes.md): the mean squared change of the target
+    layers' keys and values on the text of the tenant's earlier concepts' prompts (this concept's captions with
+    each earlier token and class word in its place) and of the unconditional prompt. It protects what earlier
+    concepts *produce*, including through the template words their prompts share with this one, where ``L_reg``
+    only holds weights near their values. 0 (the default) turns it off."""
     batch_size: int = 4
     """Images per step (sampled with replacement from the concept images)."""
     resolution: int | None = None
@@ -119,6 +125,7 @@ class LearnerConfig:
         _check(p, self.token_lr is None or self.token_lr >= 0, f"token_lr={self.token_lr} must be >= 0 (or None)")
         _check(p, self.weight_lr is None or self.weight_lr >= 0, f"weight_lr={self.weight_lr} must be >= 0 (or None)")
         _check(p, self.reg_lambda >= 0, f"reg_lambda={self.reg_lambda} must be >= 0 (0 turns L_reg off)")
+        _check(p, self.preserve_lambda >= 0, f"preserve_lambda={self.preserve_lambda} must be >= 0 (0 turns it off)")
         _check(p, self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
         _check(
             p,

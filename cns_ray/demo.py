@@ -10,9 +10,10 @@ The concepts are instances of the toy world's known classes that the base model 
 2. select: concept neurons of the first concept, printed per layer;
 3. learn: two concepts for each of two tenants, continually (each tenant's concepts in order, tenants in parallel)
    through the learning scheduler and Ray Train;
-4. before/after grids: each tenant's prompts generated at every version (the first row: the base drawing the
-   prompts without the concept tokens), written as PNG beside the concepts' reference images (``concepts.png``),
-   and each tenant's two-concept prompt at its final version (``{tenant}_two_concepts.png``, 4 seeds);
+4. before/after grids: each tenant's prompts generated at every version (the first row: the target, the concepts
+   drawn by the world's renderer in each prompt's scene; the second: the base drawing the prompts without the concept
+   tokens), written as PNG beside the concepts' reference images (``concepts.png``),
+   and each tenant's two-concept prompt at its final version (``{tenant}_two_concepts.png``: the target, 4 seeds);
 5. serve: the Ray Serve endpoint on 127.0.0.1, each tenant's concepts and a two-concept prompt generated over HTTP
    with that tenant's API key; images written as PNG.
 """
@@ -54,6 +55,12 @@ class DemoConfig:
     """Reference images per concept."""
     actors: int = 2
     """Scorer actors for calibration."""
+    reg_lambda: float = 0.01
+    preserve_lambda: float = 1.0
+    """The demo learns with a weak ``L_reg`` and the earlier concepts' keys/values preserved (``cns_kv`` in the v2
+    table, docs/method-notes.md): on ``tiny`` the weights then carry the concept (at the ``cns learn`` default,
+    lambda 1 without preservation, the token carries nearly all of it) and a second circle does not overwrite the
+    first. ``cns demo --reg-lambda 1 --preserve-lambda 0`` runs the library defaults."""
     serve: bool = True
     """Start the HTTP endpoint and generate over HTTP at the end."""
     gen_steps: int = 20
@@ -92,6 +99,26 @@ def _prompts(concepts: tuple[str, ...]) -> list[str]:
     cs = [wc.get_concept(c) for c in concepts]
     single = [wc.user_caption("large", c.token, c.shape, "center", "grey") for c in cs]
     return [*single, wc.pair_prompt(cs[0], cs[1], "grey")]
+
+
+def _targets(concepts: tuple[str, ...], resolution: int) -> list[bytes]:
+    """PNG bytes of what each of :func:`_prompts` should show: the concepts drawn by the world's renderer in the
+    prompt's scene (the grids' top row, so a person compares the model's images with their target at a glance)."""
+    import io
+
+    from PIL import Image
+
+    from cns_ray.world import concepts as wc
+    from cns_ray.world.render import render_scene
+
+    cs = [wc.get_concept(c) for c in concepts]
+    scenes = [wc.concept_scene(c, "large", "center", "grey") for c in cs] + [wc.pair_scene(cs[0], cs[1], "grey")]
+    out = []
+    for scene in scenes:
+        buf = io.BytesIO()
+        Image.fromarray(render_scene(scene, resolution)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
 
 
 def _without_tokens(prompt: str, concepts: tuple[str, ...]) -> str:
@@ -160,7 +187,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     say(f"[3/5] learning {sum(len(c) for c in DEMO_TENANTS.values())} concepts, {cfg.steps} steps each, via the scheduler")
     versions = _learn_all(cfg, store_uri, examples, say)
 
-    say("[4/5] before/after grids (rows: base, after concept 1, after concept 2; columns: the prompts)")
+    say("[4/5] before/after grids (rows: target, base, after concept 1, after concept 2; columns: the prompts)")
     files = [out / "concepts.png", *_grids(cfg, base, store, out, say)]
     say(f"      {out / 'concepts.png'}  (the concepts' reference images, one row each: {', '.join(examples)})")
 
@@ -182,6 +209,7 @@ def _learn_all(cfg: DemoConfig, store_uri: str, examples: dict, say) -> dict[str
 
     sched = get_or_create_scheduler(store_uri, cfg.base_model, name=f"cns-demo-{int(time.time())}")
     lcfg = LearnerConfig(steps=cfg.steps, checkpoint_every=max(cfg.steps // 2, 1), cpus_per_worker=0.5, seed=cfg.seed,
+                         reg_lambda=cfg.reg_lambda, preserve_lambda=cfg.preserve_lambda,
                          augment=False)  # a flip would swap 'left' and 'right' in the world's captions
     jobs = []
     for tenant, concepts in DEMO_TENANTS.items():
@@ -228,7 +256,7 @@ def _grids(cfg: DemoConfig, base, store, out: Path, say) -> list[Path]:
         for info in store.history(tenant):
             st = store.load(tenant, info.version, shapes=base.target_shapes(), base_id=base.base_id)
             states.append(ServedTenant.from_state(st, "cpu", base.unet.dtype))
-        rows = []
+        rows = [_targets(concepts, base.resolution)]
         for k, served in enumerate(states):
             row = []
             for p in prompts:
@@ -239,12 +267,13 @@ def _grids(cfg: DemoConfig, base, store, out: Path, say) -> list[Path]:
             rows.append(row)
         path = out / f"{tenant}_before_after.png"
         _grid(rows, path)
-        say(f"      {path}  ({len(rows)} rows: base without the tokens, then each version; prompts: {prompts})")
+        say(f"      {path}  ({len(rows)} rows: the target (rendered), the base without the tokens, then each version; "
+            f"prompts: {prompts})")
         req = GenerationRequest(prompt=prompts[-1], steps=cfg.gen_steps, seed=cfg.seed, height=base.resolution,
                                 width=base.resolution, guidance_scale=DEMO_GUIDANCE, n=4)
         two = out / f"{tenant}_two_concepts.png"
-        _grid([generate_images(base, weights, states[-1], req)], two)
-        say(f"      {two}  ({prompts[-1]!r}, 4 seeds)")
+        _grid([[rows[0][-1], *generate_images(base, weights, states[-1], req)]], two)
+        say(f"      {two}  (the target, then {prompts[-1]!r} at 4 seeds)")
         files += [path, two]
     return files
 

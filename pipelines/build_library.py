@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-seed", type=int, default=d.pool_seed, help="seed of the instance draw (default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="Ray tasks in flight (default %(default)s; 0: in this process, no Ray)")
     p.add_argument("--cpus-per-task", type=float, default=d.cpus_per_task, help="CPUs per task (default %(default)s)")
+    p.add_argument("--reg-lambda", type=float, default=d.reg_lambda, help="L_reg weight of every entry (default %(default)s)")
     p.add_argument("--metric-model", default=d.metric, help="image encoder for the reference embeddings (default toy)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     return p.parse_args(argv)
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from cns_ray.synth.build import LibraryConfig, build_library
 
     try:
-        cfg = LibraryConfig(n=args.n, steps=args.steps, n_images=args.images, seed=args.seed, pool_seed=args.pool_seed,
+        cfg = LibraryConfig(n=args.n, steps=args.steps, reg_lambda=args.reg_lambda, n_images=args.images, seed=args.seed,
+                            pool_seed=args.pool_seed,
                             workers=args.workers, cpus_per_task=args.cpus_per_task, metric=args.metric_model)
         if cfg.workers > 0:
             init_ray(args.address)

@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cns-steps", type=int, default=d.cns_steps)
     p.add_argument("--refine-steps", type=int, default=d.refine_steps)
     p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt)
+    p.add_argument("--reg-lambda", type=float, default=1.0,
+                   help="L_reg weight of the cns and refine rows (default %(default)s; use the library's)")
     p.add_argument("--methods", nargs="+", default=list(d.methods))
     p.add_argument("--workers", type=int, default=2, help="concepts evaluated at once (Ray tasks; 0: one after the other in this process, no Ray)")
     p.add_argument("--quick", action="store_true", help="2 concepts, 1 seed, 60 CNS steps, 20 refine steps")
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         held = [n for n in cfg.concepts if n in {e.name for e in entries}]
         if held:
             raise CNSError(f"concepts {held} are in the library: evaluate on held-out instances only")
-        lcfg = resolve_learner_config(LearnerConfig(steps=None, token_lr=None, weight_lr=None), args.base_model)
+        lcfg = resolve_learner_config(LearnerConfig(steps=None, token_lr=None, weight_lr=None, reg_lambda=args.reg_lambda),
+                                      args.base_model)
         library = (x, cond, [e.name for e in entries])
         if args.workers == 0:  # in this process, one concept after the other (no Ray)
             rows = [r for n in cfg.concepts for r in _task(args.base_model, args.synthesizer, library, n, cfg, lcfg.to_dict())]

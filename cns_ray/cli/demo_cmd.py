@@ -14,6 +14,9 @@ def register(sub) -> None:
     p.add_argument("--base-model", default="tiny", help="base model (default %(default)s)")
     p.add_argument("--steps", type=int, default=DemoConfig.steps, help="learning steps per concept (default %(default)s)")
     p.add_argument("--actors", type=int, default=2, help="calibration scorer actors (default %(default)s)")
+    p.add_argument("--reg-lambda", type=float, default=DemoConfig.reg_lambda, help="L_reg weight (default %(default)s)")
+    p.add_argument("--preserve-lambda", type=float, default=DemoConfig.preserve_lambda,
+                   help="earlier concepts' key/value preservation (default %(default)s)")
     p.add_argument("--no-serve", action="store_true", help="skip the HTTP endpoint part")
     p.set_defaults(func=cmd_demo)
 
@@ -28,6 +31,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             base_model=args.base_model,
             steps=args.steps,
             actors=args.actors,
+            reg_lambda=args.reg_lambda,
+            preserve_lambda=args.preserve_lambda,
             serve=not args.no_serve,
         )
     )

@@ -37,6 +37,9 @@ def add_learn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-lr", type=float, default=None, help="token embedding lr (" + base % (d.token_lr, 5e-4) + ")")
     p.add_argument("--weight-lr", type=float, default=None, help="concept-neuron lr (" + base % (d.weight_lr, 3e-5) + ")")
     p.add_argument("--reg-lambda", type=float, default=d.reg_lambda, help="L_reg weight (default %(default)s)")
+    p.add_argument("--preserve-lambda", type=float, default=d.preserve_lambda,
+                   help="weight of the earlier concepts' key/value preservation (docs/method-notes.md; e.g. 1 with "
+                        "--reg-lambda 0.01; default %(default)s: off)")
     p.add_argument(
         "--resolution", type=int, default=None, help="training size in pixels (default: the base's cns_defaults.json, else native)"
     )
@@ -86,6 +89,7 @@ def learn_request_and_config(args: argparse.Namespace):
         token_lr=args.token_lr,
         weight_lr=args.weight_lr,
         reg_lambda=args.reg_lambda,
+        preserve_lambda=args.preserve_lambda,
         batch_size=args.batch_size,
         resolution=args.resolution,
         augment=not args.no_augment,

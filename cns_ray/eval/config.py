@@ -6,11 +6,13 @@ from dataclasses import asdict, dataclass
 
 from cns_ray.errors import ConfigError
 
-METHODS = ("cns", "naive", "random", "cns_noreg", "fusion", "token", "cones")
+METHODS = ("cns", "naive", "random", "cns_noreg", "fusion", "token", "cones", "cns_kv")
 """CNS; naive sequential fine-tune of all K/V weights; as many random neurons as CNS picks; CNS without L_reg;
 independent per-concept CNS deltas summed at the end (the fusion baseline); the token embedding alone
 (textual-inversion-style, no weights); Cones (gradient concept neurons, indices only, shut when a prompt names the
-concept's token; a two-concept prompt shuts the union: cns_ray/cones.py)."""
+concept's token; a two-concept prompt shuts the union: cns_ray/cones.py); CNS with key/value preservation of the
+tenant's earlier concepts' prompts (``LearnerConfig.preserve_lambda``) at a weak ``L_reg`` (cns_ray/eval/methods.py:
+KV_PRESERVE)."""
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,20 @@ from cns_ray.neurons import Masks
 log = logging.getLogger(__name__)
 
 
+KV_PRESERVE = {"reg_lambda": 0.01, "preserve_lambda": 1.0}
+"""``cns_kv``: CNS with the earlier concepts' keys/values preserved, at an ``L_reg`` weak enough for the weights to
+learn (docs/method-notes.md). Fixed here rather than in EvalConfig, so the other methods' finished units stay valid."""
+
+
 def learner_config(cfg: EvalConfig, method: str, seed: int | None = None) -> LearnerConfig:
     if method == "cones":
         return LearnerConfig(steps=cfg.cones_steps, batch_size=cfg.batch_size, augment=False,
                              seed=cfg.seed if seed is None else seed, method="cones", cones_ratio=cfg.cones_ratio)
     reg = 0.0 if method in ("naive", "cns_noreg", "token") else cfg.reg_lambda
+    kv = KV_PRESERVE if method == "cns_kv" else {"reg_lambda": reg}
     return LearnerConfig(
         steps=cfg.steps, token_lr=cfg.token_lr,
-        weight_lr=cfg.naive_weight_lr if method == "naive" else cfg.weight_lr, reg_lambda=reg, batch_size=cfg.batch_size,
+        weight_lr=cfg.naive_weight_lr if method == "naive" else cfg.weight_lr, batch_size=cfg.batch_size, **kv,
         augment=False,  # a flip would swap 'left' and 'right' in the captions
         seed=cfg.seed if seed is None else seed, selection=SelectionConfig(select_ratio=cfg.select_ratio),
     )

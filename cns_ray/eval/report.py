@@ -166,7 +166,7 @@ def curve_png(units: list[dict], references: dict, metric: str, path: Path) -> N
         for x in range(L, W - R, 8):
             d.line([x, y, x + 4, y], fill=col)
         d.text((W - R + 5, y - 5), label, fill=col)
-    palette = [(220, 40, 40), (40, 80, 230), (40, 160, 60), (240, 140, 20), (150, 60, 200), (0, 160, 160), (0, 0, 0)]
+    palette = [(220, 40, 40), (40, 80, 230), (40, 160, 60), (240, 140, 20), (150, 60, 200), (0, 160, 160), (0, 0, 0), (230, 80, 160), (150, 100, 40)]
     for j, (m, c) in enumerate(curves.items()):
         col = palette[j % len(palette)]
         pts = [xy(i, v) for i, v in enumerate(c)]

@@ -66,6 +66,7 @@ _CFG_FLAGS = {
     "token_lr": "--token-lr",
     "weight_lr": "--weight-lr",
     "reg_lambda": "--reg-lambda",
+    "preserve_lambda": "--preserve-lambda",
     "seed": "--seed",
     "checkpoint_every": "--checkpoint-every",
     "num_workers": "--workers",

@@ -32,7 +32,7 @@ from cns_ray.config import LearnerConfig
 from cns_ray.delta import SparseDelta
 from cns_ray.errors import CNSError, InputError, NotFoundError
 from cns_ray.learn.data import ConceptData, caption_ids, load_concept, mirrored_ids
-from cns_ray.learn.regularizer import l_reg, overlap_mask, reg_targets
+from cns_ray.learn.regularizer import kv_preservation, l_reg, overlap_mask, reg_targets, text_gram
 from cns_ray.layers import Trainable, placeholder_slots, spliced_embeddings, target_layers
 from cns_ray.models.text import add_placeholder_token, register_placeholders
 from cns_ray.neurons import Masks, indices_to_mask, mask_to_indices
@@ -171,6 +171,7 @@ class CNSLearner:
         self.indices: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.nn.Parameter] = {}
         self.reg_target: dict[str, torch.Tensor] = {}
+        self.start_values: dict[str, torch.Tensor] = {}
         self.overlap_count = 0
         self._override = sorted(self.state.delta.layers)  # until selection: the token warm-up runs on W^(m-1)
         t0 = time.perf_counter()
@@ -200,11 +201,41 @@ class CNSLearner:
             self.overlap_count += int(ov.sum())
             self.indices[n] = idx
             self.values[n] = torch.nn.Parameter(start.clone())
+            self.start_values[n] = start
             self.reg_target[n] = reg_targets(start, pre, ov)
         # layers the forward must override: changed by earlier concepts or trained now
         self._override = sorted(set(self.state.delta.layers) | set(self.indices))
         if not self.indices:
             log.warning("concept %r selected no neurons; only its token embedding is learned", self.request.concept)
+        self._shapes = base.target_shapes()
+        self.preserve_gram = self._preservation_gram() if self.cfg.preserve_lambda > 0 and self.values else None
+
+    def preserved_prompts(self) -> list[str]:
+        """The prompts whose keys/values ``preserve_lambda`` protects: this concept's training captions with each
+        earlier concept's token (and class word) in place of this one's, and the unconditional prompt (which
+        classifier-free guidance runs with every prompt). Not the calibration prompts: they share the captions'
+        template words, and protecting them too left no room to learn on ``tiny`` (docs/method-notes.md)."""
+        import re
+
+        own = list(self.data.train_captions)
+        word = re.compile(rf"\b{re.escape(self.request.class_word)}\b")
+        out: list[str] = []
+        for rec in self.state.concepts:
+            if rec.token not in self.state.tokens:  # Cones: no embedding, nothing it produces through the text
+                continue
+            for c in own:
+                c = c.replace(self.token, rec.token)
+                out.append(word.sub(rec.class_word, c) if rec.class_word != self.request.class_word else c)
+        return [*out, ""]
+
+    @torch.no_grad()
+    def _preservation_gram(self) -> torch.Tensor:
+        """``[D, D]`` Gram of the preserved prompts' text rows (every position, padding included, as the UNet sees
+        them), earlier tokens at their stored embeddings. Fixed for the run (nothing it reads is trained)."""
+        ids = self.tokenizer(self.preserved_prompts(), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids  # [P, T]
+        hidden = self.text_encoder(ids.to(self.device))[0]  # [P, T, D]
+        return text_gram(hidden)
 
     def _warm_up_token(self) -> torch.Tensor:
         """``selection.token_warmup`` steps learning only the token embedding (the UNet at ``W^(m-1)``, its own Adam,
@@ -295,6 +326,9 @@ class CNSLearner:
         diffusion = self._noise_loss(pixels, mirrored_ids(self.input_ids[pick], self.input_ids_mirrored[pick], flips), gen)
         reg = l_reg(self.values, self.reg_target) if self.values else torch.zeros((), device=self.device)
         loss = diffusion + self.cfg.reg_lambda * reg
+        if self.preserve_gram is not None:
+            loss = loss + self.cfg.preserve_lambda * kv_preservation(
+                self.values, self.start_values, self.indices, self._shapes, self.preserve_gram)
         loss.backward()
         grads = []
         for p in self.trainable_tensors():
@@ -408,6 +442,7 @@ class CNSLearner:
             "nnz": int(sum(i.numel() for i in self.indices.values())),
             "overlap": self.overlap_count,
             "reg_lambda": self.cfg.reg_lambda,
+            "preserve_lambda": self.cfg.preserve_lambda,
             "parent_version": self.parent_version,
             **{k: float(v) for k, v in self.selection.summary().items()},
         }

@@ -59,3 +59,36 @@ def l_reg(values: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor
         ref = next(iter(values.values()), None)
         return torch.zeros((), device=ref.device if ref is not None else "cpu")
     return total / count
+
+
+def text_gram(hidden: torch.Tensor) -> torch.Tensor:
+    """``C^T C / M`` of text-encoder rows ``hidden [..., D]`` (all positions, M rows): ``[D, D]``, float32.
+
+    The K/V change of a cross-attention weight delta ``dW [out, D]`` over those rows is then
+    ``||dW C^T||^2 / M = sum((dW @ G) * dW)``, whatever M is."""
+    rows = hidden.reshape(-1, hidden.shape[-1]).float()  # [M, D]
+    return rows.T @ rows / max(1, rows.shape[0])
+
+
+def kv_preservation(
+    values: Mapping[str, torch.Tensor], start: Mapping[str, torch.Tensor], indices: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, int]], gram: torch.Tensor,
+) -> torch.Tensor:
+    """Mean squared change of the target layers' keys/values on the preserved prompts' text rows.
+
+    values, start, indices: name -> [nnz] (the learned values, their values at the start, their flat indices into
+    ``[out*in]``); shapes: name -> (out, in); gram: ``[in, in]`` (:func:`text_gram`). Returns
+    ``sum_n sum((dW_n @ G) * dW_n) / sum_n out_n``: the K/V change per output element per preserved text row."""
+    total, outs = None, 0
+    for name, v in values.items():
+        out_f, in_f = shapes[name]
+        if gram.shape != (in_f, in_f):
+            raise ValueError(f"layer {name!r}: input width {in_f} vs gram {tuple(gram.shape)}")
+        dw = torch.zeros(out_f * in_f, dtype=torch.float32, device=v.device).index_put(
+            (indices[name],), v.float() - start[name].float()).view(out_f, in_f)  # [out, in], sparse in effect
+        s = ((dw @ gram.to(dw.device)) * dw).sum()
+        total = s if total is None else total + s
+        outs += out_f
+    if total is None:
+        return torch.zeros((), device=gram.device)
+    return total / outs

@@ -47,9 +47,13 @@ class LibraryConfig:
     cpus_per_task: float = 1.0
     metric: str = "toy"
     """Metric model whose image encoder embeds the references."""
+    reg_lambda: float = 1.0
+    """``L_reg`` weight of every entry's learning (recorded per entry; a library is not resumed at another value)."""
 
     def __post_init__(self) -> None:
         p = []
+        if self.reg_lambda < 0:
+            p.append(f"reg_lambda={self.reg_lambda} must be >= 0")
         if self.n < 1 or self.steps < 1 or not 1 <= self.n_images <= 24 or self.workers < 0 or self.cpus_per_task <= 0:
             p.append(f"n={self.n}, steps={self.steps}, must be >= 1, workers={self.workers} >= 0, n_images={self.n_images} in "
                      f"[1, 24], cpus_per_task={self.cpus_per_task} > 0")
@@ -79,7 +83,8 @@ def _entry_from_state(lib: ConceptLibrary, concept, version: int, cfg: LibraryCo
     return LibraryEntry(name=concept.name, shape=concept.shape, look=asdict(concept.look), token=concept.token,
                         version=int(version), base_id=lib.base_id, embedding=[float(x) for x in emb],
                         steps=int(rec.stats.get("steps", cfg.steps)), seed=cfg.seed, n_images=cfg.n_images,
-                        seconds=round(seconds, 3), nnz=int(state.delta.nnz), metric=cfg.metric)
+                        seconds=round(seconds, 3), nnz=int(state.delta.nnz), metric=cfg.metric,
+                        extra={"reg_lambda": float(rec.stats.get("reg_lambda", cfg.reg_lambda))})
 
 
 def learn_entry(base, lib: ConceptLibrary, concept, cfg: LibraryConfig, learner_cfg: LearnerConfig, general, metric) -> LibraryEntry:
@@ -127,8 +132,12 @@ def build_library(store_uri: str, base_spec: str, cfg: LibraryConfig, progress: 
     base = _base(base_spec)
     lib = ConceptLibrary(store_uri, base.base_id)
     learner_cfg = resolve_learner_config(LearnerConfig(steps=cfg.steps, token_lr=None, weight_lr=None, seed=cfg.seed,
-                                                       checkpoint_every=0), base_spec)
+                                                       checkpoint_every=0, reg_lambda=cfg.reg_lambda), base_spec)
     done = lib.entries()
+    other = sorted({float(e.extra.get("reg_lambda", 1.0)) for e in done.values()} - {float(cfg.reg_lambda)})
+    if other:
+        raise ConfigError(f"library {lib.uri} was learned at reg_lambda={other}, not {cfg.reg_lambda}: finish it at "
+                          "that value, or build this one into another store (--store)")
     todo, recovered = [], 0
     for c in wc.library_concepts(cfg.n, cfg.pool_seed):
         if c.name in done:

@@ -37,8 +37,15 @@ def test_demo_learns_two_tenants_in_order_and_serves_over_http(ray_local, tmp_pa
         with Image.open(f) as im:
             assert im.format == "PNG"
     grid = Image.open(tmp_path / "acme_before_after.png")
-    assert grid.size == (3 * 128, 3 * 128)  # 3 versions x 3 prompts, 32 px tiles shown at 4x
-    assert Image.open(tmp_path / "acme_two_concepts.png").size == (4 * 128, 128)  # 4 seeds
+    assert grid.size == (3 * 128, 4 * 128)  # target + 3 versions x 3 prompts, 32 px tiles shown at 4x
+    assert Image.open(tmp_path / "acme_two_concepts.png").size == (5 * 128, 128)  # the target, 4 seeds
+    import numpy as np
+
+    from cns_ray.world.render import render_scene
+
+    target = render_scene(wc.pair_scene(*(wc.get_concept(c) for c in DEMO_TENANTS["acme"]), "grey"), 32)
+    tile = np.asarray(Image.open(tmp_path / "acme_two_concepts.png").convert("RGB"))[::4, ::4][:32, :32]
+    assert np.array_equal(tile, target)  # the first tile is the rendered target, pixel for pixel
     assert Image.open(tmp_path / "concepts.png").size == (6 * 34 * 4, 4 * 34 * 4)  # 6 refs x 4 concepts, 32+2 px at 4x
     text = "\n".join(lines)
     assert "general neurons" in text and "concept neurons" in text and "from cache" not in text

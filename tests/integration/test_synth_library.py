@@ -64,6 +64,18 @@ def test_a_rerun_skips_finished_entries_and_recovers_unrecorded_ones(built, tiny
     assert lib.store.head("lib0001") == 1  # not learned a second time
 
 
+def test_a_library_is_not_resumed_at_another_reg_lambda(built):
+    from dataclasses import replace
+
+    from cns_ray.errors import ConfigError
+    from cns_ray.synth.build import build_library
+
+    assert {e.extra["reg_lambda"] for e in built["lib"].entries().values()} == {1.0}
+    with pytest.raises(ConfigError, match=r"reg_lambda=\[1.0\], not 0.01.*another store"):
+        build_library(built["root"], "tiny", replace(built["cfg"], reg_lambda=0.01, n=4))
+    assert len(built["lib"].entries()) == 3  # nothing learned
+
+
 def test_a_manifest_of_another_base_is_refused(built, tiny_base):
     from cns_ray.errors import BaseMismatchError
     from cns_ray.synth.library import MANIFEST, ConceptLibrary

@@ -62,5 +62,12 @@ def test_each_method_gets_its_learning_rate_and_reg():
     assert got == {"cns": (2e-2, 0.5), "naive": (2e-3, 0.0), "random": (2e-2, 0.5), "cns_noreg": (2e-2, 0.0),
                    "fusion": (2e-2, 0.5), "token": (2e-2, 0.0)}
     assert learner_config(cfg, "cns", seed=7).seed == 7 and learner_config(cfg, "cns").seed == cfg.seed
+    kv = learner_config(cfg, "cns_kv")
+    assert (kv.reg_lambda, kv.preserve_lambda, kv.weight_lr) == (0.01, 1.0, 2e-2)
+    assert all(learner_config(cfg, m).preserve_lambda == 0.0 for m in ("cns", "naive", "random", "cns_noreg", "fusion"))
     with pytest.raises(ConfigError, match="naive_weight_lr=-1"):
         EvalConfig(naive_weight_lr=-1)
+    from cns_ray.config import LearnerConfig
+
+    with pytest.raises(ConfigError, match="preserve_lambda=-1"):
+        LearnerConfig(preserve_lambda=-1)

@@ -137,6 +137,35 @@ def test_continual_keeps_concept_one_and_reg_limits_overlap_drift(tiny_base, fir
     assert drift["held"] < 0.5 * drift["free"], drift
 
 
+def test_preservation_keeps_the_first_concepts_keys_and_values(tiny_base, first, general):
+    """With ``preserve_lambda`` the second concept's weights change the K/V of the first concept's prompts (its
+    captions with ``<toy>`` and ``toy``) far less than without. (Its own captions share all but the token's rows with
+    those prompts, so its own K/V move far less too: the cost docs/method-notes.md measures.)"""
+    def second(preserve):
+        cfg = LearnerConfig(**{**CFG.to_dict(), "steps": 10, "selection": CFG.selection, "preserve_lambda": preserve})
+        learner = CNSLearner(tiny_base, first.store, request("mug", parent_version=1), cfg, general)
+        for _ in range(cfg.steps):
+            learner.step()
+        return learner
+
+    free, kept = second(0.0), second(100.0)
+    prompts = kept.preserved_prompts()
+    assert prompts[-1] == "" and all("<toy>" in p and "<mug>" not in p and " mug" not in p for p in prompts[:-1])
+    assert len(prompts) == len(kept.data.train_captions) + 1 and free.preserve_gram is None
+
+    def kv_change(learner, texts):
+        ids = learner.tokenizer(texts, padding="max_length", max_length=learner.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            rows = learner._text_states(ids).reshape(-1, learner.token_embedding.shape[0])  # [M, D]
+            return sum(float((rows @ (w - learner.start_weights[n]).T).pow(2).sum())
+                       for n, w in learner.current_weights().items())
+
+    old, own = prompts[:-1], list(kept.data.train_captions)
+    assert kv_change(kept, old) < 0.2 * kv_change(free, old), (kv_change(kept, old), kv_change(free, old))
+    assert kv_change(kept, own) > 0  # it still learns weights, where the old prompts' rows leave room
+
+
 def test_resume_is_bit_exact(tiny_base, general, tmp_path):
     store = ConceptStore(StoreConfig(uri=str(tmp_path)))
     cfg = LearnerConfig(**{**CFG.to_dict(), "steps": 10, "reg_lambda": 1.0, "selection": CFG.selection})

@@ -1,8 +1,10 @@
 """Concepts that are not in the project: drawn with PIL (not the world's renderer), captioned as a user would.
 
-Two instances of one class (a circle) are learned one after the other by one tenant on the shipped base; then the
-first still draws its colours, the second draws its own, and a two-concept prompt puts each at its place. Scored by
-exact pixel colours (cns_ray.eval.pixels), against the base drawing the class word (the floor)."""
+Two instances of one class (a circle) are learned one after the other by one tenant on the shipped base, with the
+earlier concept's keys/values preserved (``preserve_lambda``, at ``L_reg`` 0.01: the demo's setting,
+docs/method-notes.md); then the first still draws its colours, the second draws its own, and a two-concept prompt
+puts each at its place. Scored by exact pixel colours (cns_ray.eval.pixels), against the base drawing the class word
+(the floor)."""
 
 import numpy as np
 from world_base import needs_world_v2_base
@@ -71,22 +73,29 @@ def test_two_user_circles_learned_kept_and_composed(fresh_tiny, tmp_path):
     base = fresh_tiny
     store = ConceptStore(StoreConfig(uri=str(tmp_path / "store")))
     general = general_masks_local(base, calibration_prompts(), SelectionConfig())
-    cfg = LearnerConfig(steps=120, batch_size=4, augment=False, seed=0)
+    cfg = LearnerConfig(steps=120, batch_size=4, augment=False, seed=0, reg_lambda=0.01, preserve_lambda=1.0)
+    fits = {}
     for name, look in (KIKI, BOBA):
         req = ConceptRequest("acme", name, "circle", str(_folder(tmp_path, name, look)), token=f"<{name}>")
         learner = CNSLearner(base, store, req, cfg, general)
         while learner.step_index < learner.total_steps:
             learner.step()
         learner.commit()
+        if name == "kiki":
+            st = store.load("acme", shapes=base.target_shapes(), base_id=base.base_id)
+            fits["kiki_alone"] = _fit(generate(base, st.delta, st.tokens, "a large <kiki> circle at the center on a grey background", 4, 0, 20, 4.0), look)
     state = store.load("acme", shapes=base.target_shapes(), base_id=base.base_id)
     gen = lambda p, delta=state.delta, tokens=state.tokens: generate(base, delta, tokens, p, 4, 0, 20, 4.0)  # noqa: E731
     floor = gen("a large circle at the center on a grey background", None, {})
     kiki, boba = gen("a large <kiki> circle at the center on a grey background"), \
         gen("a large <boba> circle at the center on a grey background")
-    # measured on the shipped base (step 29,600; L_reg lambda 1): kiki 0.15 -> 0.33 (its full caption: 1.00),
-    # boba 0.05 -> 0.62; the base before it (step 21,950) failed this (kiki 0.20 -> 0.14)
-    for look, imgs in ((KIKI[1], kiki), (BOBA[1], boba)):
-        assert _fit(imgs, look) > _fit(floor, look) + 0.1, (look, _fit(floor, look), _fit(imgs, look))
+    fits.update(kiki=_fit(kiki, KIKI[1]), boba=_fit(boba, BOBA[1]), floor_kiki=_fit(floor, KIKI[1]),
+                floor_boba=_fit(floor, BOBA[1]))
+    # measured on the shipped base (step 29,600), 120 steps: kiki 0.15 -> 0.84 alone (its full caption: 1.00) and
+    # 0.82 after boba; boba 0.05 -> 0.58. (At the default L_reg lambda 1 without preservation: kiki 0.33, boba 0.62.)
+    assert fits["kiki_alone"] > fits["floor_kiki"] + 0.5, fits  # learned
+    assert fits["kiki"] > 0.9 * fits["kiki_alone"], fits  # kept after a second circle with the same templates
+    assert fits["boba"] > fits["floor_boba"] + 0.3, fits  # and the second learned too
     assert _fit(kiki, KIKI[1]) > _fit(kiki, BOBA[1]) and _fit(boba, BOBA[1]) > _fit(boba, KIKI[1])
     pair = gen("a small <kiki> circle at the left and a small <boba> circle at the right on a grey background")
     assert _fit(pair, KIKI[1], "left") > _fit(pair, BOBA[1], "left")

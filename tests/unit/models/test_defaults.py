@@ -92,6 +92,19 @@ def test_a_given_rate_equal_to_the_class_default_reaches_the_ray_job():
     assert again == cfg
 
 
+def test_preservation_flags_reach_the_ray_job():
+    from cns_ray.jobs.submit import learn_entrypoint
+
+    args, req, cfg = _parse([*REQ, "--reg-lambda", "0.01", "--preserve-lambda", "1"])
+    assert (cfg.reg_lambda, cfg.preserve_lambda) == (0.01, 1.0)
+    argv = shlex.split(learn_entrypoint(req, cfg, "s3://b/store", "tiny"))
+    assert argv[argv.index("--preserve-lambda") + 1] == "1.0"
+    _, _, again = _parse(argv[3:])
+    assert again == cfg
+    _, _, plain = _parse(REQ)
+    assert plain.preserve_lambda == 0.0 and "--preserve-lambda" not in learn_entrypoint(req, plain, "s3://b/s", "tiny")
+
+
 def test_with_base_defaults_fills_only_nones():
     cfg = LearnerConfig(steps=None, token_lr=1.0, weight_lr=None, resolution=64)
     assert cfg.unresolved() == ["steps", "weight_lr"]
