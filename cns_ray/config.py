@@ -54,7 +54,7 @@ class SelectionConfig:
         _raise("SelectionConfig", p)
 
 
-BASE_DEFAULT_FIELDS = ("steps", "token_lr", "weight_lr", "resolution")
+BASE_DEFAULT_FIELDS = ("steps", "token_lr", "weight_lr", "resolution", "reg_lambda", "preserve_lambda")
 """LearnerConfig fields a base model's ``cns_defaults.json`` fills where they are None."""
 
 
@@ -74,14 +74,17 @@ class LearnerConfig:
     (docs/toy-world.md; it ships them in its ``cns_defaults.json``): the sparse concept neurons need a far higher
     rate than dense fine-tuning there. Entrypoints resolve them per base model instead (a base without the file starts
     from the paper's 5e-4 / 3e-5 and 500 steps: cns_ray/models/defaults.py)."""
-    reg_lambda: float = 1.0
-    """Weight of L_reg (pull towards the previous concept's values on overlap, towards the base elsewhere)."""
-    preserve_lambda: float = 0.0
+    reg_lambda: float | None = 1.0
+    """Weight of L_reg (pull towards the previous concept's values on overlap, towards the base elsewhere); None = the
+    base model's default (``tiny``: 0.01, with ``preserve_lambda`` 1; a base without ``cns_defaults.json``: the
+    paper's 1, without preservation). The class default (1, with no preservation) is the paper protocol's ``cns``
+    row (docs/toy-world.md)."""
+    preserve_lambda: float | None = 0.0
     """Weight of the key/value preservation term (docs/method-notes.md): the mean squared change of the target
     layers' keys and values on the text of the tenant's earlier concepts' prompts (this concept's captions with
     each earlier token and class word in its place) and of the unconditional prompt. It protects what earlier
     concepts *produce*, including through the template words their prompts share with this one, where ``L_reg``
-    only holds weights near their values. 0 (the default) turns it off."""
+    only holds weights near their values. 0 turns it off; None = the base model's default."""
     batch_size: int = 4
     """Images per step (sampled with replacement from the concept images)."""
     resolution: int | None = None
@@ -124,8 +127,10 @@ class LearnerConfig:
         _check(p, self.steps is None or self.steps >= 1, f"steps={self.steps} must be >= 1 (or None: the base's default)")
         _check(p, self.token_lr is None or self.token_lr >= 0, f"token_lr={self.token_lr} must be >= 0 (or None)")
         _check(p, self.weight_lr is None or self.weight_lr >= 0, f"weight_lr={self.weight_lr} must be >= 0 (or None)")
-        _check(p, self.reg_lambda >= 0, f"reg_lambda={self.reg_lambda} must be >= 0 (0 turns L_reg off)")
-        _check(p, self.preserve_lambda >= 0, f"preserve_lambda={self.preserve_lambda} must be >= 0 (0 turns it off)")
+        _check(p, self.reg_lambda is None or self.reg_lambda >= 0,
+               f"reg_lambda={self.reg_lambda} must be >= 0 (0 turns L_reg off; or None: the base's default)")
+        _check(p, self.preserve_lambda is None or self.preserve_lambda >= 0,
+               f"preserve_lambda={self.preserve_lambda} must be >= 0 (0 turns it off; or None: the base's default)")
         _check(p, self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
         _check(
             p,

@@ -55,12 +55,11 @@ class DemoConfig:
     """Reference images per concept."""
     actors: int = 2
     """Scorer actors for calibration."""
-    reg_lambda: float = 0.01
-    preserve_lambda: float = 1.0
-    """The demo learns with a weak ``L_reg`` and the earlier concepts' keys/values preserved (``cns_kv`` in the v2
-    table, docs/method-notes.md): on ``tiny`` the weights then carry the concept (at the ``cns learn`` default,
-    lambda 1 without preservation, the token carries nearly all of it) and a second circle does not overwrite the
-    first. ``cns demo --reg-lambda 1 --preserve-lambda 0`` runs the library defaults."""
+    reg_lambda: float | None = None
+    preserve_lambda: float | None = None
+    """``L_reg`` and key/value-preservation weights; None = the base model's defaults (``tiny``: lambda 0.01 with the
+    earlier concepts' keys/values preserved, docs/method-notes.md; ``cns demo --reg-lambda 1 --preserve-lambda 0``:
+    the paper protocol's CNS, under which the token carries nearly all of a concept on ``tiny``)."""
     serve: bool = True
     """Start the HTTP endpoint and generate over HTTP at the end."""
     gen_steps: int = 20

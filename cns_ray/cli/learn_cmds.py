@@ -36,10 +36,9 @@ def add_learn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s)")
     p.add_argument("--token-lr", type=float, default=None, help="token embedding lr (" + base % (d.token_lr, 5e-4) + ")")
     p.add_argument("--weight-lr", type=float, default=None, help="concept-neuron lr (" + base % (d.weight_lr, 3e-5) + ")")
-    p.add_argument("--reg-lambda", type=float, default=d.reg_lambda, help="L_reg weight (default %(default)s)")
-    p.add_argument("--preserve-lambda", type=float, default=d.preserve_lambda,
-                   help="weight of the earlier concepts' key/value preservation (docs/method-notes.md; e.g. 1 with "
-                        "--reg-lambda 0.01; default %(default)s: off)")
+    p.add_argument("--reg-lambda", type=float, default=None, help="L_reg weight (" + base % (0.01, 1) + ")")
+    p.add_argument("--preserve-lambda", type=float, default=None,
+                   help="weight of the earlier concepts' key/value preservation, docs/method-notes.md (" + base % (1, 0) + ")")
     p.add_argument(
         "--resolution", type=int, default=None, help="training size in pixels (default: the base's cns_defaults.json, else native)"
     )

@@ -2,7 +2,8 @@
 
 A base folder may ship ``cns_defaults.json`` next to ``calibration_prompts.txt``::
 
-    {"steps": 300, "token_lr": 5e-3, "weight_lr": 2e-2, "guidance_scale": 4.0, "resolution": null}
+    {"steps": 300, "token_lr": 5e-3, "weight_lr": 2e-2, "guidance_scale": 4.0, "resolution": null,
+     "reg_lambda": 0.01, "preserve_lambda": 1.0}
 
 ``cns learn``, ``python -m pipelines.learn`` (the Ray job), the HTTP learn route and ``cns generate`` use these
 values where the user gives none. A base without the file starts from the paper's settings (:data:`PAPER`:
@@ -39,6 +40,10 @@ class BaseDefaults:
     """Classifier-free guidance when a generation request gives none."""
     resolution: int | None = None
     """Training image side in pixels; None = the base model's native size."""
+    reg_lambda: float = 1.0
+    """Weight of L_reg (the paper's 1 where a file leaves it out)."""
+    preserve_lambda: float = 0.0
+    """Weight of the earlier concepts' key/value preservation (off where a file leaves it out)."""
     source: str = ""
     """Where the values came from (a file, or ``paper``): for log lines."""
 
@@ -46,7 +51,7 @@ class BaseDefaults:
         p = []
         if not (isinstance(self.steps, int) and self.steps >= 1):
             p.append(f"steps={self.steps!r} must be an integer >= 1")
-        for name in ("token_lr", "weight_lr", "guidance_scale"):
+        for name in ("token_lr", "weight_lr", "guidance_scale", "reg_lambda", "preserve_lambda"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
                 p.append(f"{name}={v!r} must be a number >= 0")
@@ -57,7 +62,8 @@ class BaseDefaults:
 
     def learner_fields(self) -> dict:
         """The LearnerConfig fields these defaults set."""
-        return {"steps": self.steps, "token_lr": self.token_lr, "weight_lr": self.weight_lr, "resolution": self.resolution}
+        return {"steps": self.steps, "token_lr": self.token_lr, "weight_lr": self.weight_lr, "resolution": self.resolution,
+                "reg_lambda": self.reg_lambda, "preserve_lambda": self.preserve_lambda}
 
 
 PAPER = BaseDefaults(steps=500, token_lr=5e-4, weight_lr=3e-5, guidance_scale=7.5, source="paper")

@@ -156,8 +156,9 @@ async def submit_learning(cfg: ServingConfig, store, tenant: str, images, concep
     }
     actor = await asyncio.to_thread(scheduler, cfg)
     try:
-        job_id = await actor.submit.remote(request, LearnerConfig(steps=steps, token_lr=None, weight_lr=None, use_gpu=_learn_on_gpu(cfg),
-                                                                  method=method, cones_joint=joint).to_dict())  # lrs: the base's
+        lcfg = LearnerConfig(steps=steps, token_lr=None, weight_lr=None, reg_lambda=None, preserve_lambda=None,
+                             use_gpu=_learn_on_gpu(cfg), method=method, cones_joint=joint)  # lrs and lambdas: the base's
+        job_id = await actor.submit.remote(request, lcfg.to_dict())
     except (InputError, ValueError) as e:
         raise _api_error(422, "invalid_request", str(e)) from e
     log.info("tenant %s: submitted learning of %s (%d images%s) as job %s", tenant, concept, len(pngs),

@@ -101,8 +101,15 @@ def test_preservation_flags_reach_the_ray_job():
     assert argv[argv.index("--preserve-lambda") + 1] == "1.0"
     _, _, again = _parse(argv[3:])
     assert again == cfg
-    _, _, plain = _parse(REQ)
-    assert plain.preserve_lambda == 0.0 and "--preserve-lambda" not in learn_entrypoint(req, plain, "s3://b/s", "tiny")
+    _, _, plain = _parse(REQ)  # left to the base: tiny's file says 0.01 with preservation, the paper's 1 without
+    assert (plain.reg_lambda, plain.preserve_lambda) == (None, None)
+    assert "--preserve-lambda" not in learn_entrypoint(req, plain, "s3://b/s", "tiny")
+    from cns_ray.models.defaults import base_defaults
+
+    tiny = plain.with_base_defaults(base_defaults("tiny"))
+    assert (tiny.reg_lambda, tiny.preserve_lambda) == (0.01, 1.0)
+    paper = plain.with_base_defaults(PAPER)
+    assert (paper.reg_lambda, paper.preserve_lambda) == (1.0, 0.0)
 
 
 def test_with_base_defaults_fills_only_nones():
