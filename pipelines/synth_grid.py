@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concepts", nargs="+", default=["mia", "ada", "bo", "kit", "ivo", "rex"])
     p.add_argument("--base-model", default="tiny")
     p.add_argument("--out", default="docs/eval/synth/grid.png")
+    p.add_argument("--synthesizer", default=None, help="synthesizer folder (default: the shipped one)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from cns_ray.world import concepts as wc
 
     base = load_base_model(args.base_model)
-    synth = Synthesizer.load(default_synth_folder())
+    synth = Synthesizer.load(args.synthesizer or default_synth_folder())
     synth.check_base(base.base_id)
     metric = load_metric_model(synth.meta.get("metric", "toy"))
 
