@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -215,8 +216,6 @@ class CNSLearner:
         earlier concept's token (and class word) in place of this one's, and the unconditional prompt (which
         classifier-free guidance runs with every prompt). Not the calibration prompts: they share the captions'
         template words, and protecting them too left no room to learn on ``tiny`` (docs/method-notes.md)."""
-        import re
-
         own = list(self.data.train_captions)
         word = re.compile(rf"\b{re.escape(self.request.class_word)}\b")
         out: list[str] = []
