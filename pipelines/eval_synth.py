@@ -72,7 +72,8 @@ def table(summary: dict, cfg) -> str:
     names = {"floor": "class-word base (floor)", "synthesized": "synthesized (CNS neurons)",
              "synthesized_union": "synthesized (its own coordinates)", "nearest": "nearest library concept",
              "blend": f"blend of {cfg.blend_k} nearest", "cns": f"trained CNS, {cfg.cns_steps} steps (upper bound)",
-             "refine": f"synthesized + {cfg.refine_steps} CNS steps"}
+             "refine": f"synthesized + {cfg.refine_steps} CNS steps",
+             "synthesized_norm": "synthesized, at the library's median norms"}
     lines = ["| method | image alignment (toy CLIP) | gain kept | readout | pixel | s/concept |", "|---|---|---|---|---|---|"]
     for m in cfg.methods:
         r = summary.get(m)

@@ -27,7 +27,7 @@ import torch
 from cns_ray.config import LearnerConfig, StoreConfig
 from cns_ray.errors import ConfigError
 
-METHODS = ("floor", "synthesized", "synthesized_union", "nearest", "blend", "cns", "refine")
+METHODS = ("floor", "synthesized", "synthesized_union", "nearest", "blend", "cns", "refine", "synthesized_norm")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def eval_concept(base, synth, metric, scorer, library: tuple, name: str, cfg: Sy
     from cns_ray.learn.learner import CNSLearner, ConceptRequest
     from cns_ray.store import ConceptStore
     from cns_ray.synth.apply import synthesized_state
-    from cns_ray.synth.baselines import blend, nearest
+    from cns_ray.synth.baselines import at_library_norms, blend, nearest
     from cns_ray.synth.library import reference_embedding
     from cns_ray.world import concepts as wc
 
@@ -109,6 +109,9 @@ def eval_concept(base, synth, metric, scorer, library: tuple, name: str, cfg: Sy
                         extra["nearest"] = lib_names[nn_row]
                     elif m == "blend":
                         kw.update(vector=bl_vec, source="blend")
+                    elif m == "synthesized_norm":  # the flow's proposal at the library's typical norms
+                        vec = at_library_norms(synth.sample(emb, seed), lib_x, synth.coords.token_dim)
+                        kw.update(vector=vec, source="flow at library norms")
                     elif m == "refine":
                         kw["refine_steps"] = cfg.refine_steps
                     st, _, stats = synthesized_state(base, store, req, synth, metric, lcfg, **kw)

@@ -99,6 +99,16 @@ def test_baselines_pick_and_weight_the_nearest():
         blend(x, cond, cond[7], k=0)
 
 
+def test_at_library_norms_scales_each_block_to_the_library_median_and_keeps_direction():
+    from cns_ray.synth.baselines import at_library_norms, library_norms
+
+    lib = torch.tensor([[3.0, 4.0, 1.0], [6.0, 8.0, 2.0], [0.0, 1.0, 3.0]])  # delta block 2 wide, token block 1
+    assert library_norms(lib, 1) == (5.0, 2.0)  # medians of (5, 10, 1) and (1, 2, 3)
+    v = torch.tensor([0.3, 0.4, -0.5])
+    out = at_library_norms(v, lib, 1)
+    assert torch.allclose(out, torch.tensor([3.0, 4.0, -2.0]))  # each block at its median, its direction kept
+
+
 def test_files_round_trip_and_refusals(tmp_path):
     coords, x, cond = _library()
     synth = Synthesizer.fit(x, cond, coords, "base-x", QUICK, {"metric": "toy"})
