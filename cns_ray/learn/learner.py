@@ -11,6 +11,10 @@ gradients reach only the values vectors and Adam state exists only for them. ``W
 weights ``W_base + delta^(m-1)``. (The plan sets an instance ``forward`` on the target modules for one forward,
 without writing their weights: do not run another forward of the same UNet object from another thread meanwhile.)
 
+The loss is the diffusion loss plus ``reg_lambda * L_reg`` and, when ``preserve_lambda > 0``, the K/V change on the
+tenant's earlier concepts' prompts (:meth:`CNSLearner.preserved_prompts`, one Gram matrix fixed at set-up:
+:func:`cns_ray.learn.regularizer.kv_preservation`).
+
 Randomness (image sampling, augmentation, VAE sampling, noise, timesteps) is drawn from a generator seeded from
 ``(cfg.seed, rank, step_index)``, so resuming from :meth:`CNSLearner.state_dict` repeats a run exactly.
 """
