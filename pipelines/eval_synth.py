@@ -33,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cns-steps", type=int, default=d.cns_steps)
     p.add_argument("--refine-steps", type=int, default=d.refine_steps)
     p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt)
-    p.add_argument("--reg-lambda", type=float, default=1.0,
+    from cns_ray.synth.build import LibraryConfig
+
+    p.add_argument("--reg-lambda", type=float, default=LibraryConfig.reg_lambda,
                    help="L_reg weight of the cns and refine rows (default %(default)s; use the library's)")
     p.add_argument("--methods", nargs="+", default=list(d.methods))
     p.add_argument("--workers", type=int, default=2, help="concepts evaluated at once (Ray tasks; 0: one after the other in this process, no Ray)")
