@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         if args.base_only:
-            run_base_only(cfg, args.sanity_n, say=print)
+            run_base_only(cfg, args.sanity_n, say=print, clip=not args.readout_only)
             return 0
         summary = run_eval(cfg, local=args.local, address=args.address, cpus_per_task=args.cpus_per_task, say=print)
     except CNSError as e:

@@ -100,14 +100,17 @@ def run_eval(cfg: EvalConfig, *, local: bool = False, address: str | None = None
     return write_outputs(references, runs, cfg, {"wall_seconds": time.monotonic() - t0})
 
 
-def run_base_only(cfg: EvalConfig, n: int, say=log.info) -> dict:
+def run_base_only(cfg: EvalConfig, n: int, say=log.info, clip: bool = True) -> dict:
+    """Base-model sanity (:func:`cns_ray.eval.sanity.base_sanity`) -> ``OUT/base_sanity.{json,png}``; ``clip=False``:
+    the readout and the pixel check only (minutes, not tens of minutes, on CPU)."""
     from cns_ray.eval.generate import save_grid
     from cns_ray.eval.metric_model import load_metric_model
     from cns_ray.eval.sanity import base_sanity, format_sanity
     from cns_ray.models import load_base_model
 
     base = load_base_model(cfg.base_model)
-    r = base_sanity(base, load_metric_model(cfg.metric_model), n=n, steps=cfg.gen_steps, seed=cfg.seed)
+    r = base_sanity(base, load_metric_model(cfg.metric_model), n=n, steps=cfg.gen_steps, seed=cfg.seed,
+                     clip=clip)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_grid([r["truth"][:10], r["images"][:10], r["truth"][10:20], r["images"][10:20]], out / "base_sanity.png")

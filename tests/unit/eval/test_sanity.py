@@ -35,3 +35,13 @@ def test_palette_by_slot_names_the_slots(truth):
     scenes, images = truth
     one = [i for i, s in enumerate(scenes) if len(s.objects) == 1][:3]
     assert set(palette_by_slot(images[one], [scenes[i] for i in one])) == {"object"}
+
+
+def test_readout_only_skips_the_toy_clip_and_says_so(truth):
+    scenes, images = truth
+    r = read_all(images, scenes, [caption(s) for s in scenes], None, load_readout(), 10, 0, clip=False)
+    assert r["caption_top1"] is None and r["attributes"] == {}
+    assert np.mean(list(r["readout"].values())) >= 0.9 and min(r["palette"].values()) >= 0.9
+    table = format_sanity({"n": len(scenes), "k": 10, "chance": 0.1, "generated": r, "rendered": r,
+                           "two_object": [len(s.objects) == 2 for s in scenes]})
+    assert "toy CLIP not run" in table and "| object.pattern |" in table and "| pair.order |" not in table
