@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         s0_warm = step
         log.info("warm start from %s (its EMA weights, step %d; a fresh optimizer re-warms over %d steps)",
                  args.init_from, step, args.warmup)
+
     def anneal(at: int) -> float:
+        """Learning-rate factor of step ``at``: 1, then a cosine to 0 over the last ``--anneal-steps`` steps."""
         start = args.steps - args.anneal_steps
         if args.anneal_steps <= 0 or at < start:
             return 1.0

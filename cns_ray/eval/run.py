@@ -109,8 +109,8 @@ def run_base_only(cfg: EvalConfig, n: int, say=log.info, clip: bool = True) -> d
     from cns_ray.models import load_base_model
 
     base = load_base_model(cfg.base_model)
-    r = base_sanity(base, load_metric_model(cfg.metric_model), n=n, steps=cfg.gen_steps, seed=cfg.seed,
-                     clip=clip)
+    metric = load_metric_model(cfg.metric_model) if clip else None  # not loaded when it reads nothing
+    r = base_sanity(base, metric, n=n, steps=cfg.gen_steps, seed=cfg.seed, clip=clip)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_grid([r["truth"][:10], r["images"][:10], r["truth"][10:20], r["images"][10:20]], out / "base_sanity.png")
