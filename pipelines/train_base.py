@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="Min-SNR-gamma loss weighting (Hang et al. 2023; for x0 prediction the weight is min(SNR, gamma)): "
                         "moves weight from the noisiest steps to the ones where detail (patterns, markings) is drawn; "
                         "default: none, the plain x0 MSE")
+    p.add_argument("--text-aux", type=float, default=0.0,
+                   help="weight of the auxiliary caption-reading loss on the text encoder (pipelines.text_aux: heads read "
+                        "each object's stated class, pattern, colours and marking back from its position word); "
+                        "default 0: none")
     p.add_argument("--channels", type=int, nargs=2, default=(64, 128), help="UNet block widths (default %(default)s)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; on a shared 2-core machine 2 threads ran 30x slower than 1 (OpenMP spin-waits)")
@@ -253,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
              sum(x.numel() for x in unet.parameters()) / 1e6, sum(x.numel() for x in text_encoder.parameters()) / 1e6)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    heads = None
+    if args.text_aux > 0:
+        from pipelines.text_aux import CaptionHeads, object_targets
+
+        heads = CaptionHeads(TEXT_DIM)
+        aux_cache: dict[str, list] = {}
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     step, losses, lr_scale, s0_warm = 0, [], 1.0, 0
     state_file = out / "train_state.pt"
@@ -260,7 +270,18 @@ def main(argv: list[str] | None = None) -> int:
         st = torch.load(state_file, weights_only=False)
         unet.load_state_dict(st["unet"]), text_encoder.load_state_dict(st["text"])
         ema_unet.load_state_dict(st["ema_unet"]), ema_text.load_state_dict(st["ema_text"])
-        opt.load_state_dict(st["opt"])
+        if heads is None and "aux" in st:
+            raise SystemExit(f"{state_file} was trained with the caption-reading heads: resume it with --text-aux W "
+                             f"(W > 0; its run used {st.get('text_aux', 'a weight > 0')})")
+        if heads is not None and "aux" in st:
+            heads.load_state_dict(st["aux"])
+        if heads is not None and len(st["opt"]["param_groups"]) == len(opt.param_groups):
+            opt.load_state_dict(st["opt"])
+            opt.add_param_group({"params": list(heads.parameters())})  # a run that had no heads before
+        else:
+            if heads is not None:
+                opt.add_param_group({"params": list(heads.parameters())})
+            opt.load_state_dict(st["opt"])
         step, losses, lr_scale, s0_warm = st["step"], st["losses"], st.get("lr_scale", 1.0), st.get("s0_warm", 0)
         log.info("resumed from step %d", step)
     elif args.init_from:
@@ -268,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         s0_warm = step
         log.info("warm start from %s (its EMA weights, step %d; a fresh optimizer re-warms over %d steps)",
                  args.init_from, step, args.warmup)
+    if heads is not None and len(opt.param_groups) == 1:
+        opt.add_param_group({"params": list(heads.parameters())})
 
     def anneal(at: int) -> float:
         """Learning-rate factor of step ``at``: 1, then a cosine to 0 over the last ``--anneal-steps`` steps."""
@@ -283,21 +306,27 @@ def main(argv: list[str] | None = None) -> int:
     t0, s0 = time.monotonic(), step
 
     def state_all() -> dict:
-        return {"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                "ema_text": ema_text.state_dict(), "opt": opt.state_dict()}
+        st = {"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+              "ema_text": ema_text.state_dict(), "opt": opt.state_dict()}
+        if heads is not None:
+            st["aux"] = heads.state_dict()
+        return st
 
     def load_all(st: dict) -> None:
         unet.load_state_dict(st["unet"]), text_encoder.load_state_dict(st["text"])
         ema_unet.load_state_dict(st["ema_unet"]), ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"])
+        if heads is not None:
+            heads.load_state_dict(st["aux"])
 
     snapshot = None
 
     def checkpoint(final: bool = False) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        torch.save({**state_all(), "step": step, "losses": losses, "lr_scale": lr_scale, "s0_warm": s0_warm}, state_file)
+        torch.save({**state_all(), "step": step, "losses": losses, "lr_scale": lr_scale, "s0_warm": s0_warm,
+                    "text_aux": args.text_aux}, state_file)
         meta = {"world": WORLD_VERSION, "channels": list(args.channels), "step": step, "seed": args.seed, "batch": args.batch, "lr": args.lr, "images": args.images,
-                "snr_gamma": args.snr_gamma, "loss_last100": float(np.mean(losses[-100:])) if losses else None, "final": final}
+                "snr_gamma": args.snr_gamma, "text_aux": args.text_aux, "loss_last100": float(np.mean(losses[-100:])) if losses else None, "final": final}
         save_folder(out, ema_unet, ema_text, tokenizer, vae, scheduler, meta)
         log.info("saved %s at step %d", out, step)
 
@@ -306,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         pick = torch.randint(0, len(samples), (args.batch,), generator=gen)
         x0 = latents_all[pick]  # [B, 48, 8, 8]
         cap_rng = np.random.default_rng([args.seed, step])
-        ids = encode(tokenizer, ids_cache, [sample_caption(scenes[i], cap_rng) for i in pick.tolist()])  # [B, T]
+        texts = [sample_caption(scenes[i], cap_rng) for i in pick.tolist()]
+        ids = encode(tokenizer, ids_cache, texts)  # [B, T]
         drop = torch.rand(args.batch, generator=gen) < args.dropout
         ids[drop] = empty
         noise = torch.randn(x0.shape, generator=gen)
@@ -322,12 +352,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             w = snr[t].clamp(max=args.snr_gamma)  # [B]
             loss = (w * (pred - x0).pow(2).mean(dim=(1, 2, 3))).mean()
+        diffusion = loss.detach()
+        if heads is not None:
+            for c in texts:
+                if c not in aux_cache:
+                    aux_cache[c] = object_targets(tokenizer, c)
+            aux = heads.loss(cond, [[] if d else aux_cache[c] for c, d in zip(texts, drop.tolist())])
+            loss = loss + args.text_aux * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        losses.append(float(loss.detach()))
+        losses.append(float(diffusion))  # the diffusion loss alone (the guard and training.json compare it)
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, q in ema_pairs:
@@ -335,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.log_every == 0:
             rate = (time.monotonic() - t0) / (step - s0)
             left = min((args.steps - step) * rate, deadline - time.monotonic())
-            log.info("step %d loss %.4f (mean25 %.4f) lr %.2e %.2fs/step, ~%.0fs left",
-                     step, losses[-1], float(np.mean(losses[-25:])), lr, rate, max(left, 0))
+            log.info("step %d loss %.4f (mean25 %.4f)%s lr %.2e %.2fs/step, ~%.0fs left",
+                     step, losses[-1], float(np.mean(losses[-25:])),
+                     f" text-aux {float(aux):.3f}" if heads is not None else "", lr, rate, max(left, 0))
         if step % GUARD_EVERY == 0 and len(losses) >= 2 * GUARD_WINDOW:
             recent = float(np.mean(losses[-GUARD_WINDOW:]))
             if snapshot is not None and recent > DIVERGED * snapshot["mean"]:

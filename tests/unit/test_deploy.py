@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,3 +59,31 @@ def test_cluster_yaml_documents_the_heads_iam_needs():
     text = (ROOT / "cluster.yaml").read_text()
     for need in ("ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole", "s3:GetObject", "s3:PutObject"):
         assert need in text, need
+
+
+def test_prometheus_scrapes_metrics_with_the_admin_key_the_server_accepts(tmp_path, monkeypatch):
+    from cns_ray.errors import AuthError
+    from cns_ray.serve.auth import KeyRing, hash_key
+
+    prom = yaml.safe_load((ROOT / "deploy" / "monitoring" / "prometheus.yaml").read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    serve_port = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())["http_options"]["port"]
+    assert jobs["cns"]["static_configs"][0]["targets"] == [f"127.0.0.1:{serve_port}"]
+    head = _cluster_spec(_manifests()["rayservice.yaml"])["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    keep = jobs["cns-kuberay"]["relabel_configs"][0]
+    assert keep["action"] == "keep" and ports[keep["regex"]] == serve_port
+    # what Prometheus sends (`Authorization: <type> <file's contents>`) passes the server's admin check; a tenant's
+    # key and a missing file's empty credentials do not
+    admin, tenant = "op-key-0123456789", "k-acme-0123456789"
+    ring = KeyRing({hash_key(tenant): "acme"}, hash_key(admin))
+    for job in jobs.values():
+        auth = job["authorization"]
+        assert job["metrics_path"] == "/metrics" and auth["credentials_file"].startswith("/etc/prometheus/")
+        (tmp_path / "key").write_text(admin + "\n")
+        ring.authenticate_admin(f"{auth['type']} {(tmp_path / 'key').read_text().strip()}", None)
+        with pytest.raises(AuthError) as e:
+            ring.authenticate_admin(f"{auth['type']} {tenant}", None)
+        assert e.value.status == 403
+        with pytest.raises(AuthError):
+            ring.authenticate_admin(f"{auth['type']} ", None)

@@ -43,3 +43,19 @@ def test_resumes_from_its_state_and_anneals_to_zero(trained, caplog):
     lrs = {int(line.split("step ")[1].split()[0]): float(line.split(" lr ")[1].split()[0])
            for line in text.splitlines() if " lr " in line and "loss" in line}
     assert lrs[4] == pytest.approx(1e-3) and lrs[5] == pytest.approx(0.5e-3) and lrs[6] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_text_aux_heads_train_resume_and_are_not_shipped(tmp_path, caplog):
+    caplog.set_level("INFO", logger="train_base")
+    out = tmp_path / "aux"
+    run(out, "--steps", "2", "--text-aux", "0.1")
+    meta = run(out, "--steps", "4", "--text-aux", "0.1")
+    assert meta["text_aux"] == 0.1 and meta["step"] == 4
+    aux = [float(line.split("text-aux ")[1].split()[0]) for line in caplog.text.splitlines() if "text-aux " in line]
+    assert len(aux) == 4 and all(0.5 < a < 5.0 for a in aux)  # a cross-entropy over 4-8 values, logged every step
+    import torch
+
+    assert "aux" in torch.load(out / "train_state.pt", weights_only=False)
+    assert not list(out.glob("**/*aux*"))  # the heads stay in train_state.pt: the model folder is a plain pipeline
+    with pytest.raises(SystemExit, match="--text-aux"):
+        run(out, "--steps", "5")
