@@ -49,8 +49,8 @@ def test_text_aux_heads_train_resume_and_are_not_shipped(tmp_path, caplog):
     caplog.set_level("INFO", logger="train_base")
     out = tmp_path / "aux"
     run(out, "--steps", "2", "--text-aux", "0.1")
-    meta = run(out, "--steps", "4", "--text-aux", "0.1")
-    assert meta["text_aux"] == 0.1 and meta["step"] == 4
+    meta = run(out, "--steps", "4", "--text-aux", "0.1", "--high-noise-frac", "0.5")
+    assert meta["text_aux"] == 0.1 and meta["step"] == 4 and meta["high_noise"] == [0.5, 700]
     aux = [float(line.split("text-aux ")[1].split()[0]) for line in caplog.text.splitlines() if "text-aux " in line]
     assert len(aux) == 4 and all(0.5 < a < 5.0 for a in aux)  # a cross-entropy over 4-8 values, logged every step
     import torch
@@ -59,3 +59,15 @@ def test_text_aux_heads_train_resume_and_are_not_shipped(tmp_path, caplog):
     assert not list(out.glob("**/*aux*"))  # the heads stay in train_state.pt: the model folder is a plain pipeline
     with pytest.raises(SystemExit, match="--text-aux"):
         run(out, "--steps", "5")
+
+
+def test_high_noise_timesteps_are_drawn_from_the_noisiest_range_for_that_fraction_of_the_batch():
+    import torch
+
+    t = torch.stack([train_base.draw_timesteps(torch.Generator().manual_seed(i), 16, 1000, 0.25, 700) for i in range(200)])
+    assert t.shape == (200, 16) and int(t.min()) >= 0 and int(t.max()) < 1000
+    assert int(t[:, :4].min()) >= 700 and float((t[:, 4:] >= 700).float().mean()) == pytest.approx(0.3, abs=0.03)
+    same = train_base.draw_timesteps(torch.Generator().manual_seed(3), 16, 1000)
+    assert torch.equal(same, torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(3)))  # 0: uniform
+    with pytest.raises(SystemExit):
+        train_base.main(["--out", "x", "--high-noise-frac", "1.5"])
