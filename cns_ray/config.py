@@ -76,7 +76,7 @@ class LearnerConfig:
     from the paper's 5e-4 / 3e-5 and 500 steps: cns_ray/models/defaults.py)."""
     reg_lambda: float | None = 1.0
     """Weight of L_reg (pull towards the previous concept's values on overlap, towards the base elsewhere); None = the
-    base model's default (``tiny``: 0.01, with ``preserve_lambda`` 1; a base without ``cns_defaults.json``: the
+    base model's default (``tiny``: 0.01, with ``preserve_lambda`` 3; a base without ``cns_defaults.json``: the
     paper's 1, without preservation). The class default (1, with no preservation) is the paper protocol's ``cns``
     row (docs/toy-world.md)."""
     preserve_lambda: float | None = 0.0

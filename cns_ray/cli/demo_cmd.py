@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--actors", type=int, default=2, help="calibration scorer actors (default %(default)s)")
     p.add_argument("--reg-lambda", type=float, default=None, help="L_reg weight (default: the base's; tiny: 0.01)")
     p.add_argument("--preserve-lambda", type=float, default=None,
-                   help="earlier concepts' key/value preservation (default: the base's; tiny: 1)")
+                   help="earlier concepts' key/value preservation (default: the base's; tiny: 3)")
     p.add_argument("--no-serve", action="store_true", help="skip the HTTP endpoint part")
     p.set_defaults(func=cmd_demo)
 

@@ -3,7 +3,7 @@
 A base folder may ship ``cns_defaults.json`` next to ``calibration_prompts.txt``::
 
     {"steps": 300, "token_lr": 5e-3, "weight_lr": 2e-2, "guidance_scale": 4.0, "resolution": null,
-     "reg_lambda": 0.01, "preserve_lambda": 1.0}
+     "reg_lambda": 0.01, "preserve_lambda": 3.0}
 
 ``cns learn``, ``python -m pipelines.learn`` (the Ray job), the HTTP learn route and ``cns generate`` use these
 values where the user gives none. A base without the file starts from the paper's settings (:data:`PAPER`:

@@ -15,7 +15,7 @@ from cns_ray.neurons import indices_to_mask
 from cns_ray.models.text import register_placeholders
 from cns_ray.store import ConceptStore
 
-CFG = LearnerConfig(steps=12, batch_size=2, resolution=32, token_lr=1e-2, weight_lr=1e-2, reg_lambda=0.0, seed=0)
+CFG = LearnerConfig(steps=24, batch_size=2, resolution=32, token_lr=1e-2, weight_lr=1e-2, reg_lambda=0.0, seed=0)
 EX = example_concepts()
 
 

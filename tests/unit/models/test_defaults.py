@@ -107,7 +107,7 @@ def test_preservation_flags_reach_the_ray_job():
     from cns_ray.models.defaults import base_defaults
 
     tiny = plain.with_base_defaults(base_defaults("tiny"))
-    assert (tiny.reg_lambda, tiny.preserve_lambda) == (0.01, 1.0)
+    assert (tiny.reg_lambda, tiny.preserve_lambda) == (0.01, 3.0)
     paper = plain.with_base_defaults(PAPER)
     assert (paper.reg_lambda, paper.preserve_lambda) == (1.0, 0.0)
 
