@@ -281,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
 
         heads = CaptionHeads(TEXT_DIM)
         aux_cache: dict[str, list] = {}
+
+    def add_heads() -> None:
+        """The heads' parameter group, once (resuming a run that had none loads its state first)."""
+        if heads is not None and len(opt.param_groups) == 1:
+            opt.add_param_group({"params": list(heads.parameters())})
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     step, losses, lr_scale, s0_warm = 0, [], 1.0, 0
     state_file = out / "train_state.pt"
@@ -293,13 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"(W > 0; its run used {st.get('text_aux', 'a weight > 0')})")
         if heads is not None and "aux" in st:
             heads.load_state_dict(st["aux"])
-        if heads is not None and len(st["opt"]["param_groups"]) == len(opt.param_groups):
-            opt.load_state_dict(st["opt"])
-            opt.add_param_group({"params": list(heads.parameters())})  # a run that had no heads before
-        else:
-            if heads is not None:
-                opt.add_param_group({"params": list(heads.parameters())})
-            opt.load_state_dict(st["opt"])
+        if len(st["opt"]["param_groups"]) > 1:
+            add_heads()
+        opt.load_state_dict(st["opt"])
         step, losses, lr_scale, s0_warm = st["step"], st["losses"], st.get("lr_scale", 1.0), st.get("s0_warm", 0)
         log.info("resumed from step %d", step)
     elif args.init_from:
@@ -307,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         s0_warm = step
         log.info("warm start from %s (its EMA weights, step %d; a fresh optimizer re-warms over %d steps)",
                  args.init_from, step, args.warmup)
-    if heads is not None and len(opt.param_groups) == 1:
-        opt.add_param_group({"params": list(heads.parameters())})
+    add_heads()
 
     def anneal(at: int) -> float:
         """Learning-rate factor of step ``at``: 1, then a cosine to 0 over the last ``--anneal-steps`` steps."""
@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                     "text_aux": args.text_aux}, state_file)
         meta = {"world": WORLD_VERSION, "channels": list(args.channels), "step": step, "seed": args.seed, "batch": args.batch, "lr": args.lr, "images": args.images,
                 "snr_gamma": args.snr_gamma, "text_aux": args.text_aux,
-                "high_noise": [args.high_noise_frac, args.high_noise_from] if args.high_noise_frac else None, "loss_last100": float(np.mean(losses[-100:])) if losses else None, "final": final}
+                "high_noise": [args.high_noise_frac, args.high_noise_from] if args.high_noise_frac else None,
+                "loss_last100": float(np.mean(losses[-100:])) if losses else None, "final": final}
         save_folder(out, ema_unet, ema_text, tokenizer, vae, scheduler, meta)
         log.info("saved %s at step %d", out, step)
 
