@@ -73,7 +73,7 @@ def _task(base_spec: str, synth_dir: str | None, library, name: str, cfg, learne
 def table(summary: dict, cfg) -> str:
     names = {"floor": "class-word base (floor)", "synthesized": "synthesized (CNS neurons)",
              "synthesized_union": "synthesized (its own coordinates)", "nearest": "nearest library concept",
-             "blend": f"blend of {cfg.blend_k} nearest", "cns": f"trained CNS, {cfg.cns_steps} steps (upper bound)",
+             "blend": f"blend of {cfg.blend_k} nearest", "kernel": "kernel-ridge combination of the library", "cns": f"trained CNS, {cfg.cns_steps} steps (upper bound)",
              "refine": f"synthesized + {cfg.refine_steps} CNS steps",
              "synthesized_norm": "synthesized, at the library's median norms"}
     lines = ["| method | image alignment (toy CLIP) | gain kept | readout | pixel | s/concept |", "|---|---|---|---|---|---|"]

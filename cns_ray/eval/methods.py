@@ -23,9 +23,11 @@ from cns_ray.neurons import Masks
 log = logging.getLogger(__name__)
 
 
-KV_PRESERVE = {"reg_lambda": 0.01, "preserve_lambda": 1.0}
+KV_PRESERVE = {"reg_lambda": 0.01, "preserve_lambda": 3.0}
 """``cns_kv``: CNS with the earlier concepts' keys/values preserved, at an ``L_reg`` weak enough for the weights to
-learn (docs/method-notes.md). Fixed here rather than in EvalConfig, so the other methods' finished units stay valid."""
+learn: the default ``tiny`` base's own ``cns_defaults.json`` (what ``cns learn`` uses; docs/method-notes.md). Fixed
+here rather than in EvalConfig, so the other methods' finished units stay valid; a ``cns_kv`` unit's cache key holds
+it (cns_ray/eval/run.py: unit_key)."""
 
 
 def learner_config(cfg: EvalConfig, method: str, seed: int | None = None) -> LearnerConfig:

@@ -46,6 +46,10 @@ def unit_key(cfg: EvalConfig, work: tuple, base_id: str) -> str:
     d = cfg.to_dict()
     for k in ("out_dir", "methods", "sequences", "train_seeds"):
         d.pop(k)
+    if work[0] == "cns_kv":
+        from cns_ray.eval.methods import KV_PRESERVE
+
+        d["kv_preserve"] = KV_PRESERVE
     digest = hashlib.sha256(json.dumps([d, base_id], sort_keys=True, default=str).encode()).hexdigest()[:12]
     return "_".join(map(str, work)) + f"-{digest}.json"
 

@@ -1,5 +1,6 @@
-"""The baselines beside the synthesizer: the nearest library concept, and an embedding-weighted blend of the k
-nearest (pure tensor functions on the library's vectors and reference embeddings)."""
+"""The baselines beside the synthesizer: the nearest library concept, an embedding-weighted blend of the k nearest,
+and the kernel-ridge combination of the whole library (pure tensor functions on the library's vectors and reference
+embeddings)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,28 @@ def blend(library_x: torch.Tensor, library_cond: torch.Tensor, embedding: torch.
     top = s.topk(min(k, len(s)))
     w = torch.softmax(top.values / temperature, dim=0)  # [k]
     return (w[:, None] * library_x[top.indices].float()).sum(0)
+
+
+def kernel_weights(library_cond: torch.Tensor, gamma: float = 2.0, lam: float = 0.3) -> torch.Tensor:
+    """``(K + lam I)^-1`` for the library's kernel ``K_ij = exp(gamma (cos_ij - 1))`` on its reference embeddings:
+    [N, N]. Kernel ridge regression from embedding to state (a Gaussian process's posterior mean): the library's
+    linear combination fitted to the library itself, where :func:`blend` weighs neighbours by similarity alone."""
+    if gamma <= 0 or lam <= 0:
+        raise InputError(f"kernel gamma={gamma} and lam={lam} must both be > 0 (defaults 2.0 and 0.3)")
+    c = F.normalize(library_cond.float(), dim=-1)  # [N, c]
+    k = torch.exp(gamma * (c @ c.T - 1))  # [N, N]
+    return torch.linalg.inv(k + lam * torch.eye(k.shape[0]))
+
+
+def kernel(library_x: torch.Tensor, library_cond: torch.Tensor, embedding: torch.Tensor, gamma: float = 2.0,
+           lam: float = 0.3, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Kernel-ridge proposal ``mean + k(c)^T (K + lam I)^-1 (X - mean)``: [D]. ``gamma``/``lam``: the best of
+    {1, 2, 3} x {0.1, 0.3, 1} by 5-fold state-space cosine on the library (docs/synthesis.md). ``weights``:
+    :func:`kernel_weights` of the same library, to reuse."""
+    s = _sims(library_cond, embedding)  # [N]
+    w = kernel_weights(library_cond, gamma, lam) if weights is None else weights
+    mean = library_x.float().mean(0)  # [D]
+    return mean + (torch.exp(gamma * (s - 1)) @ w) @ (library_x.float() - mean)
 
 
 def library_norms(library_x: torch.Tensor, token_dim: int) -> tuple[float, float]:

@@ -8,6 +8,8 @@ the attribute readout, the pixel-colour check). Methods:
 - ``synthesized``: the synthesizer's state on the CNS-selected neurons (``synthesized_union``: on its own coordinates);
 - ``nearest``: the library concept whose reference embedding is closest, landed like ``synthesized``;
 - ``blend``: the embedding-weighted mean of the k nearest library states, landed like ``synthesized``;
+- ``kernel``: the kernel-ridge combination of every library state (:func:`cns_ray.synth.baselines.kernel`), landed
+  like ``synthesized``;
 - ``cns``: CNS learned for ``cns_steps`` from the base (the upper bound);
 - ``refine``: ``synthesized`` plus ``refine_steps`` warm-started CNS steps.
 
@@ -27,7 +29,7 @@ import torch
 from cns_ray.config import LearnerConfig, StoreConfig
 from cns_ray.errors import ConfigError
 
-METHODS = ("floor", "synthesized", "synthesized_union", "nearest", "blend", "cns", "refine", "synthesized_norm")
+METHODS = ("floor", "synthesized", "synthesized_union", "nearest", "blend", "kernel", "cns", "refine", "synthesized_norm")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def eval_concept(base, synth, metric, scorer, library: tuple, name: str, cfg: Sy
     from cns_ray.learn.learner import CNSLearner, ConceptRequest
     from cns_ray.store import ConceptStore
     from cns_ray.synth.apply import synthesized_state
-    from cns_ray.synth.baselines import at_library_norms, blend, nearest
+    from cns_ray.synth.baselines import at_library_norms, blend, kernel, nearest
     from cns_ray.synth.library import reference_embedding
     from cns_ray.world import concepts as wc
 
@@ -87,6 +89,7 @@ def eval_concept(base, synth, metric, scorer, library: tuple, name: str, cfg: Sy
         if lib_x is not None:
             nn_vec, nn_row = nearest(lib_x, lib_cond, emb)
             bl_vec = blend(lib_x, lib_cond, emb, cfg.blend_k)
+            kr_vec = at_library_norms(kernel(lib_x, lib_cond, emb), lib_x, synth.coords.token_dim)  # KRR shrinks norms
         for seed in range(cfg.seeds):
             lcfg = replace(learner_cfg, seed=seed)
             for m in cfg.methods:
@@ -109,6 +112,8 @@ def eval_concept(base, synth, metric, scorer, library: tuple, name: str, cfg: Sy
                         extra["nearest"] = lib_names[nn_row]
                     elif m == "blend":
                         kw.update(vector=bl_vec, source="blend")
+                    elif m == "kernel":
+                        kw.update(vector=kr_vec, source="kernel")
                     elif m == "synthesized_norm":  # the flow's proposal at the library's typical norms
                         vec = at_library_norms(synth.sample(emb, seed), lib_x, synth.coords.token_dim)
                         kw.update(vector=vec, source="flow at library norms")

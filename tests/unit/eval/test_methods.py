@@ -63,7 +63,13 @@ def test_each_method_gets_its_learning_rate_and_reg():
                    "fusion": (2e-2, 0.5), "token": (2e-2, 0.0)}
     assert learner_config(cfg, "cns", seed=7).seed == 7 and learner_config(cfg, "cns").seed == cfg.seed
     kv = learner_config(cfg, "cns_kv")
-    assert (kv.reg_lambda, kv.preserve_lambda, kv.weight_lr) == (0.01, 1.0, 2e-2)
+    assert (kv.reg_lambda, kv.preserve_lambda, kv.weight_lr) == (0.01, 3.0, 2e-2)
+    import json
+
+    from cns_ray.data import data_path
+
+    shipped = json.loads(data_path("base", "tiny-world", "cns_defaults.json").read_text())
+    assert (kv.reg_lambda, kv.preserve_lambda) == (shipped["reg_lambda"], shipped["preserve_lambda"])  # what cns learn uses
     assert all(learner_config(cfg, m).preserve_lambda == 0.0 for m in ("cns", "naive", "random", "cns_noreg", "fusion"))
     with pytest.raises(ConfigError, match="naive_weight_lr=-1"):
         EvalConfig(naive_weight_lr=-1)
@@ -71,3 +77,19 @@ def test_each_method_gets_its_learning_rate_and_reg():
 
     with pytest.raises(ConfigError, match="preserve_lambda=-1"):
         LearnerConfig(preserve_lambda=-1)
+
+
+def test_unit_keys_change_with_what_changes_a_unit_and_only_that(monkeypatch):
+    from cns_ray.eval import methods
+    from cns_ray.eval.run import unit_key
+
+    cfg = EvalConfig()
+    key = unit_key(cfg, ("cns_kv", "seq1", 0), "b1")
+    assert key.startswith("cns_kv_seq1_0-") and key.endswith(".json")
+    assert unit_key(EvalConfig(out_dir="elsewhere", train_seeds=(0, 5)), ("cns_kv", "seq1", 0), "b1") == key
+    assert unit_key(cfg, ("cns_kv", "seq1", 0), "b2") != key  # another base
+    assert unit_key(EvalConfig(steps=7), ("cns_kv", "seq1", 0), "b1") != key
+    cns = unit_key(cfg, ("cns", "seq1", 0), "b1")
+    monkeypatch.setattr(methods, "KV_PRESERVE", {"reg_lambda": 0.01, "preserve_lambda": 1.0})
+    assert unit_key(cfg, ("cns_kv", "seq1", 0), "b1") != key  # a finished cns_kv unit of another setting is not reused
+    assert unit_key(cfg, ("cns", "seq1", 0), "b1") == cns  # ... and the other methods' units stay valid

@@ -6,7 +6,7 @@ import torch
 
 from cns_ray.delta import LayerDelta, SparseDelta
 from cns_ray.errors import BaseMismatchError, InputError, ModelLoadError
-from cns_ray.synth.baselines import blend, nearest
+from cns_ray.synth.baselines import blend, kernel, kernel_weights, nearest
 from cns_ray.synth.coords import CoordSet
 from cns_ray.synth.model import SynthConfig
 from cns_ray.synth.synthesizer import Synthesizer
@@ -97,6 +97,18 @@ def test_baselines_pick_and_weight_the_nearest():
     assert torch.allclose(b, x[7], atol=1e-3)
     with pytest.raises(InputError):
         blend(x, cond, cond[7], k=0)
+
+
+def test_kernel_interpolates_the_library_and_shrinks_to_its_mean_as_lam_grows():
+    coords, x, cond = _library()
+    near = kernel(x, cond, cond[3], gamma=2.0, lam=1e-5)  # ridge ~0: the fit passes through the library's states
+    assert torch.allclose(near, x[3], atol=1e-2 * float(x[3].abs().max()))
+    far = kernel(x, cond, cond[3], gamma=2.0, lam=1e6)  # heavy ridge: the library mean
+    assert torch.allclose(far, x.mean(0), atol=1e-3 * float(x.abs().max()))
+    w = kernel_weights(cond)
+    assert torch.allclose(kernel(x, cond, cond[3], weights=w), kernel(x, cond, cond[3]))
+    with pytest.raises(InputError, match="lam=0"):
+        kernel(x, cond, cond[3], lam=0)
 
 
 def test_at_library_norms_scales_each_block_to_the_library_median_and_keeps_direction():
