@@ -85,6 +85,10 @@ class LearnerConfig:
     each earlier token and class word in its place) and of the unconditional prompt. It protects what earlier
     concepts *produce*, including through the template words their prompts share with this one, where ``L_reg``
     only holds weights near their values. 0 turns it off; None = the base model's default."""
+    preserve_general: float = 0.0
+    """Weight of the same key/value preservation term on the base model's calibration prompts (its own domain,
+    ``select.load_prompts(base=...)``: what general neurons are scored on), against ``W^(m-1)``: protects prompts
+    that name no concept. Opt-in (0 = off); docs/method-notes.md has what it costs and buys."""
     batch_size: int = 4
     """Images per step (sampled with replacement from the concept images)."""
     resolution: int | None = None
@@ -131,6 +135,7 @@ class LearnerConfig:
                f"reg_lambda={self.reg_lambda} must be >= 0 (0 turns L_reg off; or None: the base's default)")
         _check(p, self.preserve_lambda is None or self.preserve_lambda >= 0,
                f"preserve_lambda={self.preserve_lambda} must be >= 0 (0 turns it off; or None: the base's default)")
+        _check(p, self.preserve_general >= 0, f"preserve_general={self.preserve_general} must be >= 0 (0 turns it off)")
         _check(p, self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
         _check(
             p,

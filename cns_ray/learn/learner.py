@@ -214,6 +214,8 @@ class CNSLearner:
             log.warning("concept %r selected no neurons; only its token embedding is learned", self.request.concept)
         self._shapes = base.target_shapes()
         self.preserve_gram = self._preservation_gram() if self.cfg.preserve_lambda > 0 and self.values else None
+        self.general_gram = (self._preservation_gram(select.load_prompts(base=base))
+                             if self.cfg.preserve_general > 0 and self.values else None)
 
     def preserved_prompts(self) -> list[str]:
         """The prompts whose keys/values ``preserve_lambda`` protects: this concept's training captions with each
@@ -232,10 +234,11 @@ class CNSLearner:
         return [*out, ""]
 
     @torch.no_grad()
-    def _preservation_gram(self) -> torch.Tensor:
+    def _preservation_gram(self, prompts: list[str] | None = None) -> torch.Tensor:
         """``[D, D]`` Gram of the preserved prompts' text rows (every position, padding included, as the UNet sees
-        them), earlier tokens at their stored embeddings. Fixed for the run (nothing it reads is trained)."""
-        ids = self.tokenizer(self.preserved_prompts(), padding="max_length", max_length=self.tokenizer.model_max_length,
+        them), earlier tokens at their stored embeddings; ``prompts``: others than :meth:`preserved_prompts`. Fixed
+        for the run (nothing it reads is trained)."""
+        ids = self.tokenizer(self.preserved_prompts() if prompts is None else prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids  # [P, T]
         hidden = self.text_encoder(ids.to(self.device))[0]  # [P, T, D]
         return text_gram(hidden)
@@ -332,6 +335,9 @@ class CNSLearner:
         if self.preserve_gram is not None:
             loss = loss + self.cfg.preserve_lambda * kv_preservation(
                 self.values, self.start_values, self.indices, self._shapes, self.preserve_gram)
+        if self.general_gram is not None:
+            loss = loss + self.cfg.preserve_general * kv_preservation(
+                self.values, self.start_values, self.indices, self._shapes, self.general_gram)
         loss.backward()
         grads = []
         for p in self.trainable_tensors():
@@ -446,6 +452,7 @@ class CNSLearner:
             "overlap": self.overlap_count,
             "reg_lambda": self.cfg.reg_lambda,
             "preserve_lambda": self.cfg.preserve_lambda,
+            "preserve_general": self.cfg.preserve_general,
             "parent_version": self.parent_version,
             **{k: float(v) for k, v in self.selection.summary().items()},
         }

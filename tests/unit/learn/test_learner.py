@@ -9,7 +9,7 @@ import torch
 from cns_ray import select
 from cns_ray.config import LearnerConfig, StoreConfig
 from cns_ray.data import example_concepts
-from cns_ray.errors import InputError, InvalidNameError, NotFoundError
+from cns_ray.errors import ConfigError, InputError, InvalidNameError, NotFoundError
 from cns_ray.learn import CNSLearner, ConceptRequest, learn_concept, tqdm_progress
 from cns_ray.neurons import indices_to_mask
 from cns_ray.models.text import register_placeholders
@@ -164,6 +164,18 @@ def test_preservation_keeps_the_first_concepts_keys_and_values(tiny_base, first,
     old, own = prompts[:-1], list(kept.data.train_captions)
     assert kv_change(kept, old) < 0.2 * kv_change(free, old), (kv_change(kept, old), kv_change(free, old))
     assert kv_change(kept, own) > 0  # it still learns weights, where the old prompts' rows leave room
+
+    # preserve_general: the same term on the base's calibration prompts, which name no concept
+    cfg = LearnerConfig(**{**CFG.to_dict(), "steps": 10, "selection": CFG.selection, "preserve_general": 100.0})
+    calm = CNSLearner(tiny_base, first.store, request("mug", parent_version=1), cfg, general)
+    for _ in range(cfg.steps):
+        calm.step()
+    calib = select.load_prompts(base=tiny_base)
+    assert calm.preserve_gram is None and calm.general_gram is not None and free.general_gram is None
+    assert kv_change(calm, calib) < 0.2 * kv_change(free, calib), (kv_change(calm, calib), kv_change(free, calib))
+    assert calm.stats()["preserve_general"] == 100.0
+    with pytest.raises(ConfigError, match="preserve_general=-1"):
+        LearnerConfig(preserve_general=-1)
 
 
 def test_resume_is_bit_exact(tiny_base, general, tmp_path):
