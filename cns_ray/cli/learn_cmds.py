@@ -38,7 +38,10 @@ def add_learn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-lr", type=float, default=None, help="concept-neuron lr (" + base % (d.weight_lr, 3e-5) + ")")
     p.add_argument("--reg-lambda", type=float, default=None, help="L_reg weight (" + base % (0.01, 1) + ")")
     p.add_argument("--preserve-lambda", type=float, default=None,
-                   help="weight of the earlier concepts' key/value preservation, docs/method-notes.md (" + base % (1, 0) + ")")
+                   help="weight of the earlier concepts' key/value preservation, docs/method-notes.md (" + base % (3, 0) + ")")
+    p.add_argument("--preserve-general", type=float, default=d.preserve_general,
+                   help="weight of the same preservation on the base's calibration prompts (prompts without a concept; "
+                        "opt-in, default %(default)s; docs/method-notes.md)")
     p.add_argument(
         "--resolution", type=int, default=None, help="training size in pixels (default: the base's cns_defaults.json, else native)"
     )
@@ -89,6 +92,7 @@ def learn_request_and_config(args: argparse.Namespace):
         weight_lr=args.weight_lr,
         reg_lambda=args.reg_lambda,
         preserve_lambda=args.preserve_lambda,
+        preserve_general=args.preserve_general,
         batch_size=args.batch_size,
         resolution=args.resolution,
         augment=not args.no_augment,

@@ -67,6 +67,7 @@ _CFG_FLAGS = {
     "weight_lr": "--weight-lr",
     "reg_lambda": "--reg-lambda",
     "preserve_lambda": "--preserve-lambda",
+    "preserve_general": "--preserve-general",
     "seed": "--seed",
     "checkpoint_every": "--checkpoint-every",
     "num_workers": "--workers",

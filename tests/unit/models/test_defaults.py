@@ -95,15 +95,17 @@ def test_a_given_rate_equal_to_the_class_default_reaches_the_ray_job():
 def test_preservation_flags_reach_the_ray_job():
     from cns_ray.jobs.submit import learn_entrypoint
 
-    args, req, cfg = _parse([*REQ, "--reg-lambda", "0.01", "--preserve-lambda", "1"])
-    assert (cfg.reg_lambda, cfg.preserve_lambda) == (0.01, 1.0)
+    args, req, cfg = _parse([*REQ, "--reg-lambda", "0.01", "--preserve-lambda", "1", "--preserve-general", "0.3"])
+    assert (cfg.reg_lambda, cfg.preserve_lambda, cfg.preserve_general) == (0.01, 1.0, 0.3)
     argv = shlex.split(learn_entrypoint(req, cfg, "s3://b/store", "tiny"))
     assert argv[argv.index("--preserve-lambda") + 1] == "1.0"
+    assert argv[argv.index("--preserve-general") + 1] == "0.3"
     _, _, again = _parse(argv[3:])
     assert again == cfg
     _, _, plain = _parse(REQ)  # left to the base: tiny's file says 0.01 with preservation, the paper's 1 without
     assert (plain.reg_lambda, plain.preserve_lambda) == (None, None)
     assert "--preserve-lambda" not in learn_entrypoint(req, plain, "s3://b/s", "tiny")
+    assert plain.preserve_general == 0.0 and "--preserve-general" not in learn_entrypoint(req, plain, "s3://b/s", "tiny")
     from cns_ray.models.defaults import base_defaults
 
     tiny = plain.with_base_defaults(base_defaults("tiny"))
