@@ -238,7 +238,8 @@ class CNSLearner:
         """``[D, D]`` Gram of the preserved prompts' text rows (every position, padding included, as the UNet sees
         them), earlier tokens at their stored embeddings; ``prompts``: others than :meth:`preserved_prompts`. Fixed
         for the run (nothing it reads is trained)."""
-        ids = self.tokenizer(self.preserved_prompts() if prompts is None else prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+        texts = self.preserved_prompts() if prompts is None else prompts
+        ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids  # [P, T]
         hidden = self.text_encoder(ids.to(self.device))[0]  # [P, T, D]
         return text_gram(hidden)
