@@ -89,7 +89,8 @@ def eval_concept(base, synth, metric, scorer, library: tuple, name: str, cfg: Sy
         if lib_x is not None:
             nn_vec, nn_row = nearest(lib_x, lib_cond, emb)
             bl_vec = blend(lib_x, lib_cond, emb, cfg.blend_k)
-            kr_vec = at_library_norms(kernel(lib_x, lib_cond, emb), lib_x, synth.coords.token_dim)  # KRR shrinks norms
+            if "kernel" in cfg.methods:  # an [N, N] solve per concept: only when asked for; KRR shrinks norms
+                kr_vec = at_library_norms(kernel(lib_x, lib_cond, emb), lib_x, synth.coords.token_dim)
         for seed in range(cfg.seeds):
             lcfg = replace(learner_cfg, seed=seed)
             for m in cfg.methods:
