@@ -17,6 +17,10 @@ for _k, _v in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ[_k] = _v
+# Ray Train's controller polls its workers every 2 s by default; every Ray Train run pays up to one poll at each
+# start, finish and worker death. Polling at 0.5 s cuts test_train_run alone from 72 s to 47 s with the same
+# outcomes. Inherited by the CLIs and simulated-cluster nodes the tests start; a user's own setting wins.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 import pytest  # noqa: E402
 

@@ -1,5 +1,6 @@
 """Cones concepts through the whole system over HTTP, as a user runs it: ``cns serve`` as a process (its own local
-Ray on 127.0.0.1), on the embedded default store and on S3 (moto's server over HTTP on 127.0.0.1).
+Ray on 127.0.0.1), on S3 (moto's server over HTTP on 127.0.0.1): the store a cluster shares. Cones on the default
+local store is covered in-process by tests/integration/test_cones_learn_ray.py and tests/unit/test_cones_cli.py.
 
 Learn two Cones concepts with ``method=cones`` (HTTP learn route -> per-tenant scheduler -> Ray Train), list and
 show them (method ``cones``), generate one concept and the two concatenated in one prompt (the served bytes equal
@@ -138,12 +139,9 @@ def _in_process(base, state, prompt: str) -> bytes:
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(params=["local", "s3"])
-def store_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "store")
-    bucket = request.getfixturevalue("s3_env")  # AWS_* point at moto; the server process inherits them
-    return f"s3://{bucket}/cns"
+@pytest.fixture
+def store_uri(s3_env):
+    return f"s3://{s3_env}/cns"  # AWS_* point at moto; the server process inherits them
 
 
 def test_cones_concepts_learned_served_concatenated_rolled_back_deleted_over_http(store_uri, tmp_path, tiny_base, capsys):

@@ -108,12 +108,15 @@ def test_store_verify_exits_0_twenty_times_in_a_row(tmp_path):
     store = ConceptStore(StoreConfig(uri=str(tmp_path / "s")))
     store.commit("acme", make_state("acme"), parent=None)
     env = {**os.environ, "PYTHONPATH": REPO}
+    cmd = [sys.executable, "-m", "cns_ray.cli", "store", "verify", "--store", store.uri(), "--json"]
     codes = []
-    for _ in range(20):
-        r = subprocess.run([sys.executable, "-m", "cns_ray.cli", "store", "verify", "--store", store.uri(), "--json"],
-                           env=env, capture_output=True, text=True, timeout=120)
-        codes.append(r.returncode)
-        assert r.returncode != 0 or json.loads(r.stdout)["problems"] == []  # output flushed before the exit
+    for _ in range(10):  # two processes at a time: the abort is at each one's own exit
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            codes.append(proc.returncode)
+            assert proc.returncode != 0 or json.loads(out)["problems"] == []  # output flushed before the exit
     assert codes == [0] * 20, codes
 
 
