@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/cns demo
 
+# One test process. Two pytest-xdist workers (-n 2 --dist loadfile) were measured on 2 cores (2026-12-02): 2089 s
+# against 2161 s serial, the heavy Ray tests 2-3x slower each, and the lost-node Serve test of test_cluster_sim
+# failed under that load: the suite is CPU-bound in Ray's own processes, which `time` does not count.
 test: setup
 	$(PY) -m pytest -q --durations=15
 
