@@ -16,7 +16,7 @@ import torch
 
 from sim_cluster import listeners_beyond_loopback, sim_cluster  # noqa: F401  (the module's cluster fixture)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # `make test-cluster`; `make test` (CI) leaves it out
 
 CLI = [sys.executable, "-m", "cns_ray.cli"]
 

@@ -158,3 +158,36 @@ def test_cns_synthesize_refuses_bad_input_and_commits_nothing(built, tmp_path, c
     err = capsys.readouterr().err
     assert rc == 2 and want in err, err
     assert ConceptStore(StoreConfig(uri=store_dir)).list_tenants() == []
+
+
+def test_eval_synth_scores_every_method_against_its_floor_and_upper_bound(built, tmp_path, capsys):
+    """``python -m pipelines.eval_synth`` on the quick library, in this process: one row per (concept, method,
+    seed), the nearest entry named, gain kept = (method - floor) / (cns - floor) from those rows, the table written;
+    a library instance given as a held-out concept is refused with nothing written."""
+    from pipelines.eval_synth import main as eval_synth
+
+    out = tmp_path / "eval"
+    methods = ["floor", "synthesized", "nearest", "blend", "cns", "refine"]
+    common = ["--store", built["root"], "--synthesizer", built["folder"], "--seeds", "1", "--cns-steps", "2",
+              "--refine-steps", "1", "--images-per-prompt", "1", "--workers", "0", "--out", str(out)]
+    assert eval_synth([*common, "--concepts", "mia", "--methods", *methods]) == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in res["rows"]}
+    assert len(res["rows"]) == len(methods) and set(rows) == set(methods)
+    assert all(r["concept"] == "mia" and r["seed"] == 0 for r in rows.values())
+    assert rows["nearest"]["nearest"] in {"lib0000", "lib0001", "lib0002"}
+    assert rows["floor"]["seconds"] == 0.0 and rows["cns"]["seconds"] > 0 and rows["synthesized"]["entries"] > 0
+    for r in rows.values():
+        assert -1.0 <= r["clip"] <= 1.0 and 0.0 <= r["readout"] <= 1.0 and 0.0 <= r["pixel"] <= 1.0, r
+    s, floor, cns_ = res["summary"], rows["floor"]["clip"], rows["cns"]["clip"]
+    if abs(cns_ - floor) > 1e-9:
+        assert s["synthesized"]["clip_gain_kept"] == pytest.approx((rows["synthesized"]["clip"] - floor) / (cns_ - floor))
+    assert res["meta"]["library_size"] == 3 and res["meta"]["base_id"] == built["lib"].base_id
+    table = (out / "table.md").read_text()
+    assert "| class-word base (floor) |" in table and "| trained CNS, 2 steps (upper bound) |" in table
+    assert "| synthesized + 1 CNS steps |" in table
+
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert eval_synth([*common[:-1], str(bad), "--concepts", "lib0001", "--methods", "floor", "nearest"]) == 2
+    assert "['lib0001'] are in the library" in capsys.readouterr().err and not bad.exists()
