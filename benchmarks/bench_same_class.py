@@ -17,12 +17,10 @@ import argparse
 import collections
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a large <{}> circle at the center on a grey background"
 
 
@@ -30,8 +28,7 @@ def run(variant: str, lam: float, steps: int, seed: int, warmup: int, out: Path,
     import torch
 
     torch.set_num_threads(1)
-    sys.path[:0] = [str(ROOT / "tests" / "unit" / "learn"), str(ROOT / "tests")]
-    from test_user_concepts import BOBA, KIKI, _fit, _folder  # the drawings, captions and fit of the test
+    from cns_ray.eval.drawn import BOBA, KIKI, palette_fit as _fit, write_folder as _folder  # test_user_concepts' own
 
     from cns_ray.config import LearnerConfig, SelectionConfig, StoreConfig
     from cns_ray.eval.generate import generate

@@ -1,4 +1,4 @@
-"""Concepts that are not in the project: drawn with PIL (not the world's renderer), captioned as a user would.
+"""Concepts that are not in the project: drawn with PIL (not the world's renderer: cns_ray/eval/drawn.py), captioned as a user would.
 
 Two instances of one class (a circle) are learned one after the other by one tenant on the shipped base, with the
 earlier concept's keys/values preserved (``preserve_lambda`` 3, at ``L_reg`` 0.01: the shipped base's defaults and
@@ -6,65 +6,17 @@ the demo's setting, docs/method-notes.md); then the first still draws its colour
 puts each at its place. Scored by exact pixel colours (cns_ray.eval.pixels), against the base drawing the class word
 (the floor)."""
 
-import numpy as np
 from world_base import needs_world_v2_base
 import pytest
-from PIL import Image, ImageDraw
 
 from cns_ray.config import LearnerConfig, SelectionConfig, StoreConfig
+from cns_ray.eval.drawn import BOBA, KIKI, palette_fit as _fit, write_folder
 from cns_ray.eval.generate import generate
-from cns_ray.eval.pixels import palette_score
 from cns_ray.learn import CNSLearner, ConceptRequest
 from cns_ray.select import general_masks_local
 from cns_ray.store import ConceptStore
-from cns_ray.world.scene import BACKGROUNDS, COLOURS, Look
 
 pytestmark = [pytest.mark.slow, needs_world_v2_base]
-
-# (name, look: for scoring only; the drawing below is PIL's own). Both are held-out instances: never rendered
-# in base training (cns_ray.world.scene.is_held_out).
-KIKI = ("kiki", Look("blue", "striped", "orange"))
-BOBA = ("boba", Look("red", "plain", None, "outline", "white"))
-CONTEXTS = [("large", 16, "grey"), ("small", 11, "white"), ("large", 12, "black"), ("small", 21, "brown"),
-            ("large", 20, "white"), ("small", 16, "black")]
-
-
-def _draw(look: Look, size: str, cx: int, bg: str) -> Image.Image:
-    """A 128 px drawing (downscaled to 32 by the loader): a circle, striped or outlined, with ImageDraw."""
-    s = 4
-    im = Image.new("RGB", (32 * s, 32 * s), BACKGROUNDS[bg])
-    d = ImageDraw.Draw(im)
-    r = (10 if size == "large" else 6) * s
-    box = [cx * s - r, 16 * s - r, cx * s + r, 16 * s + r]
-    d.ellipse(box, fill=COLOURS[look.colour])
-    if look.pattern == "striped":
-        mask = Image.new("L", im.size, 0)
-        ImageDraw.Draw(mask).ellipse(box, fill=255)
-        stripes = Image.new("RGB", im.size, COLOURS[look.colour2])
-        band = Image.new("L", im.size, 0)
-        bd = ImageDraw.Draw(band)
-        for k in range(1, 4, 2):  # the 2nd and 4th of four horizontal bands
-            bd.rectangle([0, 16 * s - r + k * r // 2, 32 * s, 16 * s - r + (k + 1) * r // 2], fill=255)
-        im.paste(stripes, (0, 0), Image.fromarray(np.minimum(np.asarray(mask), np.asarray(band))))
-    if look.marking == "outline":
-        d.ellipse(box, outline=COLOURS[look.marking_colour], width=max(2, r // 3))
-    return im
-
-
-def _folder(tmp_path, name, look):
-    folder = tmp_path / name
-    folder.mkdir()
-    caps = []
-    for i, (size, cx, bg) in enumerate(CONTEXTS):
-        _draw(look, size, cx, bg).save(folder / f"{i}.png")
-        pos = "left" if cx < 14 else "right" if cx > 18 else "center"
-        caps.append(f"a {size} <{name}> circle at the {pos} on a {bg} background")
-    (folder / "captions.txt").write_text("\n".join(caps) + "\n")
-    return folder
-
-
-def _fit(images, look, region="all"):
-    return float(np.mean([(lambda s: s.recall * s.precision)(palette_score(im, ("circle", look), region)) for im in images]))
 
 
 def test_two_user_circles_learned_kept_and_composed(fresh_tiny, tmp_path):
@@ -76,7 +28,7 @@ def test_two_user_circles_learned_kept_and_composed(fresh_tiny, tmp_path):
     cfg = LearnerConfig(steps=120, batch_size=4, augment=False, seed=0, reg_lambda=0.01, preserve_lambda=3.0)
     fits = {}
     for name, look in (KIKI, BOBA):
-        req = ConceptRequest("acme", name, "circle", str(_folder(tmp_path, name, look)), token=f"<{name}>")
+        req = ConceptRequest("acme", name, "circle", str(write_folder(tmp_path, name, look)), token=f"<{name}>")
         learner = CNSLearner(base, store, req, cfg, general)
         while learner.step_index < learner.total_steps:
             learner.step()
