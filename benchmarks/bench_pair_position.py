@@ -34,6 +34,8 @@ def _sides(images, left, right) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=0, help="two-object drawings added to the second concept's folder")
+    ap.add_argument("--side", choices=("alternate", "right"), default="alternate",
+                    help="where the second concept is in its two-object drawings (default: alternately right and left)")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ceiling", action="store_true", help="the base drawing the pairs from full captions")
@@ -55,7 +57,7 @@ def main() -> None:
     t0 = time.time()
     base = load_base_model(TINY)
     orders = {"kiki_left": (KIKI, BOBA), "boba_left": (BOBA, KIKI)}
-    res: dict = {"pairs": args.pairs, "steps": args.steps, "seed": args.seed, "ceiling": args.ceiling}
+    res: dict = {"pairs": args.pairs, "side": args.side, "steps": args.steps, "seed": args.seed, "ceiling": args.ceiling}
     if args.ceiling:
         for key, ((_, left), (_, right)) in orders.items():
             prompt = caption(Scene((Obj("circle", left, "small", "left"), Obj("circle", right, "small", "right")), "grey"))
@@ -66,7 +68,7 @@ def main() -> None:
         general = general_masks_local(base, calibration_prompts(), SelectionConfig())
         cfg = LearnerConfig(steps=args.steps, batch_size=4, augment=False, seed=args.seed, reg_lambda=0.01, preserve_lambda=3.0)
         for name, look in (KIKI, BOBA):
-            folder = write_folder(tmp, name, look, KIKI if name == "boba" else None, args.pairs)
+            folder = write_folder(tmp, name, look, KIKI if name == "boba" else None, args.pairs, args.side)
             learner = CNSLearner(base, store, ConceptRequest("acme", name, "circle", str(folder), token=f"<{name}>"), cfg, general)
             while learner.step_index < learner.total_steps:
                 learner.step()

@@ -54,10 +54,11 @@ def draw_pair(left: Look, right: Look, bg: str) -> Image.Image:
     return Image.fromarray(np.concatenate([a[:, :w], b[:, w:]], axis=1))
 
 
-def write_folder(root: Path, name: str, look: Look, pairs_with: tuple[str, Look] | None = None, n_pairs: int = 0) -> Path:
+def write_folder(root: Path, name: str, look: Look, pairs_with: tuple[str, Look] | None = None, n_pairs: int = 0,
+                 new_side: str = "alternate") -> Path:
     """``root/name``: the 6 drawings and a ``captions.txt`` (``a small <name> circle at the left on a white
     background``, ...); with ``pairs_with`` also ``n_pairs`` two-object drawings of ``name`` and that earlier concept,
-    alternately at the right and at the left, captioned ``a small <other> circle at the left and a small <name> circle
+    ``name`` alternately at the right and at the left (``new_side="alternate"``) or always at ``"right"``, captioned ``a small <other> circle at the left and a small <name> circle
     at the right on a ... background``."""
     folder = Path(root) / name
     folder.mkdir(parents=True)
@@ -69,7 +70,7 @@ def write_folder(root: Path, name: str, look: Look, pairs_with: tuple[str, Look]
     for j in range(n_pairs if pairs_with else 0):
         other, other_look = pairs_with
         bg = PAIR_BACKGROUNDS[j % len(PAIR_BACKGROUNDS)]
-        (l_name, l_look), (r_name, r_look) = ((other, other_look), (name, look)) if j % 2 == 0 else ((name, look), (other, other_look))
+        (l_name, l_look), (r_name, r_look) = ((other, other_look), (name, look)) if j % 2 == 0 or new_side == "right" else ((name, look), (other, other_look))
         draw_pair(l_look, r_look, bg).save(folder / f"pair{j}.png")
         caps.append(f"a small <{l_name}> circle at the left and a small <{r_name}> circle at the right on a {bg} background")
     (folder / "captions.txt").write_text("\n".join(caps) + "\n")
