@@ -3,7 +3,10 @@
 The concepts are instances of the toy world's known classes that the base model never saw as a whole
 (cns_ray/world/concepts.py: a class such as "circle" with its own look, e.g. striped red and yellow with a green dot;
 6 reference images in varied contexts), written as image folders with the captions a user would write
-(``a large <rex> circle at the left on a grey background``), the layout ``cns learn`` reads.
+(``a large <rex> circle at the left on a grey background``), the layout ``cns learn`` reads; each folder also holds
+6 photos of the concept beside another object of its class that the caption describes (``a small plain blue circle
+at the left and a small <rex> circle at the right on a ... background``: what lets a concept be drawn second in a
+two-concept prompt, docs/method-notes.md).
 
 1. calibrate: general neurons of the base over its calibration prompts (the toy-world model ships 20 world
    captions), sharded over Ray scorer actors (cached in the store);
@@ -13,7 +16,8 @@ The concepts are instances of the toy world's known classes that the base model 
 4. before/after grids: each tenant's prompts generated at every version (the first row: the target, the concepts
    drawn by the world's renderer in each prompt's scene; the second: the base drawing the prompts without the concept
    tokens), written as PNG beside the concepts' reference images (``concepts.png``),
-   and each tenant's two-concept prompt at its final version (``{tenant}_two_concepts.png``: the target, 4 seeds);
+   and each tenant's two-concept prompts at its final version (``{tenant}_two_concepts.png``: a row per order, the
+   later concept first, then the earlier first; the target, then 4 seeds);
 5. serve: the Ray Serve endpoint on 127.0.0.1, each tenant's concepts and a two-concept prompt generated over HTTP
    with that tenant's API key; images written as PNG.
 """
@@ -53,6 +57,9 @@ class DemoConfig:
     """Learning steps per concept."""
     n_ref: int = 6
     """Reference images per concept."""
+    pairs: int = 6
+    """Two-object references per concept besides ``n_ref``: the concept beside a described partner of its class,
+    alternately right and left (:func:`cns_ray.world.concepts.reference_set`); 0 = one-object references only."""
     actors: int = 2
     """Scorer actors for calibration."""
     reg_lambda: float | None = None
@@ -91,13 +98,19 @@ def _grid(rows: list[list[bytes]], path: Path) -> None:
     g.save(path, format="PNG")
 
 
+def _pairs(concepts: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The two orders of a tenant's two-concept prompt: the later concept first (at the left), then the earlier."""
+    return [(concepts[1], concepts[0]), (concepts[0], concepts[1])]
+
+
 def _prompts(concepts: tuple[str, ...]) -> list[str]:
-    """Each concept alone (large, centred), then both side by side, as a user writes them."""
+    """Each concept alone (large, centred), then both side by side in both orders (:func:`_pairs`), as a user writes
+    them."""
     from cns_ray.world import concepts as wc
 
     cs = [wc.get_concept(c) for c in concepts]
     single = [wc.user_caption("large", c.token, c.shape, "center", "grey") for c in cs]
-    return [*single, wc.pair_prompt(cs[0], cs[1], "grey")]
+    return [*single, *(wc.pair_prompt(wc.get_concept(a), wc.get_concept(b), "grey") for a, b in _pairs(concepts))]
 
 
 def _targets(concepts: tuple[str, ...], resolution: int) -> list[bytes]:
@@ -111,7 +124,8 @@ def _targets(concepts: tuple[str, ...], resolution: int) -> list[bytes]:
     from cns_ray.world.render import render_scene
 
     cs = [wc.get_concept(c) for c in concepts]
-    scenes = [wc.concept_scene(c, "large", "center", "grey") for c in cs] + [wc.pair_scene(cs[0], cs[1], "grey")]
+    scenes = [wc.concept_scene(c, "large", "center", "grey") for c in cs] + [
+        wc.pair_scene(wc.get_concept(a), wc.get_concept(b), "grey") for a, b in _pairs(concepts)]
     out = []
     for scene in scenes:
         buf = io.BytesIO()
@@ -137,8 +151,10 @@ def write_concepts(cfg: DemoConfig, out: Path) -> dict[str, tuple[Path, str]]:
     for names in DEMO_TENANTS.values():
         for name in names:
             c = wc.get_concept(name)
-            folders[name] = (wc.write_reference_folder(c, out / "concepts" / name, cfg.n_ref, cfg.seed), c.class_word)
-            tiles = [np.pad(im, ((1, 1), (1, 1), (0, 0))) for im in wc.reference_set(c, cfg.n_ref, cfg.seed)[0]]
+            folder = wc.write_reference_folder(c, out / "concepts" / name, cfg.n_ref, cfg.seed, cfg.pairs)
+            folders[name] = (folder, c.class_word)
+            tiles = [np.pad(im, ((1, 1), (1, 1), (0, 0)))
+                     for im in wc.reference_set(c, cfg.n_ref, cfg.seed, pairs=cfg.pairs)[0]]
             rows.append(np.concatenate(tiles, axis=1))  # [R+2, n*(R+2), 3]: a black line between tiles
     sheet = Image.fromarray(np.concatenate(rows, axis=0))
     sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST).save(out / "concepts.png", format="PNG")
@@ -268,11 +284,14 @@ def _grids(cfg: DemoConfig, base, store, out: Path, say) -> list[Path]:
         _grid(rows, path)
         say(f"      {path}  ({len(rows)} rows: the target (rendered), the base without the tokens, then each version; "
             f"prompts: {prompts})")
-        req = GenerationRequest(prompt=prompts[-1], steps=cfg.gen_steps, seed=cfg.seed, height=base.resolution,
-                                width=base.resolution, guidance_scale=DEMO_GUIDANCE, n=4)
         two = out / f"{tenant}_two_concepts.png"
-        _grid([[rows[0][-1], *generate_images(base, weights, states[-1], req)]], two)
-        say(f"      {two}  (the target, then {prompts[-1]!r} at 4 seeds)")
+        pair_rows = []
+        for k in (-2, -1):
+            req = GenerationRequest(prompt=prompts[k], steps=cfg.gen_steps, seed=cfg.seed, height=base.resolution,
+                                    width=base.resolution, guidance_scale=DEMO_GUIDANCE, n=4)
+            pair_rows.append([rows[0][k], *generate_images(base, weights, states[-1], req)])
+        _grid(pair_rows, two)
+        say(f"      {two}  (a row per order, the target then 4 seeds: {prompts[-2]!r}; {prompts[-1]!r})")
         files += [path, two]
     return files
 

@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reg-lambda", type=float, default=LibraryConfig.reg_lambda,
                    help="L_reg weight of the cns and refine rows (default %(default)s; use the library's)")
     p.add_argument("--methods", nargs="+", default=list(d.methods))
+    p.add_argument("--start-t", type=float, default=d.start_t, help="flow_from_blend: where the blend starts on the path (default %(default)s)")
+    p.add_argument("--start-temperature", type=float, default=d.start_temperature, help="flow_from_blend's noise scale (default %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="concepts evaluated at once (Ray tasks; 0: one after the other in this process, no Ray)")
     p.add_argument("--quick", action="store_true", help="2 concepts, 1 seed, 60 CNS steps, 20 refine steps")
     p.add_argument("--out", default="docs/eval/synth", help="folder for results.json and table.md")
@@ -75,7 +77,9 @@ def table(summary: dict, cfg) -> str:
              "synthesized_union": "synthesized (its own coordinates)", "nearest": "nearest library concept",
              "blend": f"blend of {cfg.blend_k} nearest", "kernel": "kernel-ridge combination of the library", "cns": f"trained CNS, {cfg.cns_steps} steps (upper bound)",
              "refine": f"synthesized + {cfg.refine_steps} CNS steps",
-             "synthesized_norm": "synthesized, at the library's median norms"}
+             "synthesized_norm": "synthesized, at the library's median norms",
+             "synthesized_t1": "synthesized, temperature 1 (a draw)",
+             "flow_from_blend": "synthesized from the blend's latent"}
     lines = ["| method | image alignment (toy CLIP) | gain kept | readout | pixel | s/concept |", "|---|---|---|---|---|---|"]
     for m in cfg.methods:
         r = summary.get(m)
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = SynthEvalConfig(concepts=tuple(args.concepts), seeds=args.seeds, cns_steps=args.cns_steps,
                               refine_steps=args.refine_steps, images_per_prompt=args.images_per_prompt,
-                              methods=tuple(args.methods))
+                              methods=tuple(args.methods), start_t=args.start_t, start_temperature=args.start_temperature)
         if args.quick:
             cfg = SynthEvalConfig(concepts=cfg.concepts[:2], seeds=1, cns_steps=60, refine_steps=20,
                                   images_per_prompt=2, methods=cfg.methods)

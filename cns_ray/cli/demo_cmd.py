@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--reg-lambda", type=float, default=None, help="L_reg weight (default: the base's; tiny: 0.01)")
     p.add_argument("--preserve-lambda", type=float, default=None,
                    help="earlier concepts' key/value preservation (default: the base's; tiny: 3)")
+    p.add_argument("--pairs", type=int, default=DemoConfig.pairs,
+                   help="two-object references per concept, the concept beside a described partner (default %(default)s; 0: none)")
     p.add_argument("--no-serve", action="store_true", help="skip the HTTP endpoint part")
     p.set_defaults(func=cmd_demo)
 
@@ -33,6 +35,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             actors=args.actors,
             reg_lambda=args.reg_lambda,
             preserve_lambda=args.preserve_lambda,
+            pairs=args.pairs,
             serve=not args.no_serve,
         )
     )

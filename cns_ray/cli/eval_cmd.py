@@ -34,6 +34,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="cones: score-accumulation steps per concept (default %(default)s)")
     p.add_argument("--cones-ratio", type=float, default=d.cones_ratio,
                    help="cones: most of each K/V layer a concept shuts (default %(default)s)")
+    p.add_argument("--pairs", type=int, default=d.pairs,
+                   help="two-object references per concept, beside a described partner (default %(default)s)")
+    p.add_argument("--pair-orders", choices=("sequence", "both"), default=d.pair_orders,
+                   help="two-concept prompts: the earlier concept at the left, or both orders (default %(default)s)")
     p.add_argument("--n-gen", type=int, default=d.n_gen, help="images per prompt (default %(default)s)")
     p.add_argument("--gen-steps", type=int, default=d.gen_steps)
     p.add_argument("--prompts", type=int, default=d.prompts_per_concept, help="single-concept prompts per concept")
@@ -65,7 +69,7 @@ def config_from_args(args: argparse.Namespace):
         reg_lambda=args.reg_lambda, select_ratio=args.select_ratio, n_gen=args.n_gen,
         gen_steps=args.gen_steps, prompts_per_concept=args.prompts, seed=args.seed, out_dir=args.out,
         train_seeds=tuple(args.train_seeds), general_prompts=args.general_prompts,
-        cones_steps=args.cones_steps, cones_ratio=args.cones_ratio,
+        cones_steps=args.cones_steps, cones_ratio=args.cones_ratio, pairs=args.pairs, pair_orders=args.pair_orders,
     )
     return quick(cfg) if args.quick else cfg
 

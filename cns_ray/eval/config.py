@@ -41,6 +41,12 @@ class EvalConfig:
     select_ratio: float = 0.1
     n_ref: int = 6
     """Reference images per concept."""
+    pairs: int = 0
+    """Two-object references per concept besides ``n_ref``: the concept beside a described partner of its class,
+    alternately right and left (:func:`cns_ray.world.concepts.reference_set`); 0 = one-object references only."""
+    pair_orders: str = "sequence"
+    """Two-concept prompts: ``sequence`` (each consecutive pair in learning order, the earlier concept at the left) or
+    ``both`` (also the later concept at the left)."""
     n_gen: int = 4
     """Images generated per prompt (seeds seed..seed+n_gen-1)."""
     prompts_per_concept: int = 2
@@ -82,6 +88,10 @@ class EvalConfig:
         for name in ("token_lr", "weight_lr", "naive_weight_lr"):
             if getattr(self, name) < 0:
                 p.append(f"{name}={getattr(self, name)} must be >= 0")
+        if not 0 <= self.pairs <= 24:
+            p.append(f"pairs={self.pairs} must be in [0, 24] (two-object references per concept)")
+        if self.pair_orders not in ("sequence", "both"):
+            p.append(f"pair_orders={self.pair_orders!r} must be 'sequence' or 'both'")
         if not 0 < self.cones_ratio <= 1:
             p.append(f"cones_ratio={self.cones_ratio} must be in (0, 1], e.g. 0.02")
         if not 0 < self.select_ratio <= 1:

@@ -54,12 +54,23 @@ def draw_pair(left: Look, right: Look, bg: str) -> Image.Image:
     return Image.fromarray(np.concatenate([a[:, :w], b[:, w:]], axis=1))
 
 
+PARTNERS = (Look("green", "plain"), Look("yellow", "plain"), Look("purple", "plain"))
+"""Described partners for two-object drawings (``write_folder(partner="described")``): plain looks the base draws
+from their caption, in colours neither KIKI nor BOBA uses."""
+
+
 def write_folder(root: Path, name: str, look: Look, pairs_with: tuple[str, Look] | None = None, n_pairs: int = 0,
-                 new_side: str = "alternate") -> Path:
+                 new_side: str = "alternate", partner: str = "concept") -> Path:
     """``root/name``: the 6 drawings and a ``captions.txt`` (``a small <name> circle at the left on a white
-    background``, ...); with ``pairs_with`` also ``n_pairs`` two-object drawings of ``name`` and that earlier concept,
-    ``name`` alternately at the right and at the left (``new_side="alternate"``) or always at ``"right"``, captioned ``a small <other> circle at the left and a small <name> circle
-    at the right on a ... background``."""
+    background``, ...), and ``n_pairs`` two-object drawings of ``name`` beside a partner, ``name`` alternately at the
+    right and at the left (``new_side="alternate"``) or always at ``"right"``. The partner is the earlier concept
+    ``pairs_with`` (``partner="concept"``: captioned ``a small <other> circle at the left and a small <name> circle at
+    the right on a ... background``; nothing without ``pairs_with``) or a plain circle of :data:`PARTNERS` that the
+    caption describes (``partner="described"``: ``a small plain green circle at the left and a small <name> ...``)."""
+    from cns_ray.world.scene import Obj, object_phrase
+
+    if partner not in ("concept", "described"):
+        raise ValueError(f"partner={partner!r}: use 'concept' (the earlier concept) or 'described' (a plain circle)")
     folder = Path(root) / name
     folder.mkdir(parents=True)
     caps = []
@@ -67,12 +78,21 @@ def write_folder(root: Path, name: str, look: Look, pairs_with: tuple[str, Look]
         draw_circle(look, size, cx, bg).save(folder / f"{i}.png")
         pos = "left" if cx < 14 else "right" if cx > 18 else "center"
         caps.append(f"a {size} <{name}> circle at the {pos} on a {bg} background")
-    for j in range(n_pairs if pairs_with else 0):
-        other, other_look = pairs_with
+    n = n_pairs if (pairs_with or partner == "described") else 0
+    for j in range(n):
         bg = PAIR_BACKGROUNDS[j % len(PAIR_BACKGROUNDS)]
-        (l_name, l_look), (r_name, r_look) = ((other, other_look), (name, look)) if j % 2 == 0 or new_side == "right" else ((name, look), (other, other_look))
+        new_right = j % 2 == 0 or new_side == "right"
+        if partner == "concept":
+            other, other_look = pairs_with
+            other_words = f"small <{other}> circle"
+        else:
+            other_look = PARTNERS[j % len(PARTNERS)]
+            other_words = object_phrase(Obj("circle", other_look, "small", "left")).removesuffix(" at the left")
+        mine = f"small <{name}> circle"
+        l_look, r_look = (other_look, look) if new_right else (look, other_look)
+        l_words, r_words = (other_words, mine) if new_right else (mine, other_words)
         draw_pair(l_look, r_look, bg).save(folder / f"pair{j}.png")
-        caps.append(f"a small <{l_name}> circle at the left and a small <{r_name}> circle at the right on a {bg} background")
+        caps.append(f"a {l_words} at the left and a {r_words} at the right on a {bg} background")
     (folder / "captions.txt").write_text("\n".join(caps) + "\n")
     return folder
 

@@ -57,8 +57,13 @@ def single_prompts(concept: wc.Concept, k: int, seed: int) -> list[str]:
 
 
 def sequence_pairs(cfg: EvalConfig, sequence: str) -> list[tuple[str, str, str, str]]:
+    """(prompt, left concept, right concept, background) of the sequence's two-concept prompts: the earlier concept
+    at the left; with ``cfg.pair_orders == "both"`` each also with the later concept at the left."""
     names = set(cfg.concepts(sequence))
-    return [m for m in wc.multi_prompts(sequence) if m[1] in names and m[2] in names]
+    out = [m for m in wc.multi_prompts(sequence) if m[1] in names and m[2] in names]
+    if cfg.pair_orders == "both":
+        out += [(wc.pair_prompt(wc.get_concept(b), wc.get_concept(a), bg), b, a, bg) for _, a, b, bg in out]
+    return out
 
 
 def _mean_scores(scores: list[dict]) -> dict[str, float]:
@@ -153,7 +158,7 @@ def run_unit(base, scorer, cfg: EvalConfig, method: str, sequence: str, seed: in
     right_after, first_curve, seconds, learned, rows = {}, [], [], [], {}
     shapes = base.target_shapes()
     for k, c in enumerate(concepts):
-        folder = wc.write_reference_folder(c, work / "refs" / c.name, cfg.n_ref, cfg.seed)
+        folder = wc.write_reference_folder(c, work / "refs" / c.name, cfg.n_ref, cfg.seed, cfg.pairs)
         info = learn_one(base, store, cfg, method, sequence, c, str(folder), general_masks, seed=seed)
         seconds.append(info["seconds"])
         state = store.load(info["tenant"], info["version"], shapes=shapes, base_id=base.base_id)

@@ -11,7 +11,11 @@ the attribute readout, the pixel-colour check). Methods:
 - ``kernel``: the kernel-ridge combination of every library state (:func:`cns_ray.synth.baselines.kernel`), landed
   like ``synthesized``;
 - ``cns``: CNS learned for ``cns_steps`` from the base (the upper bound);
-- ``refine``: ``synthesized`` plus ``refine_steps`` warm-started CNS steps.
+- ``refine``: ``synthesized`` plus ``refine_steps`` warm-started CNS steps;
+- ``synthesized_t1``: the flow sampled at temperature 1 (a draw, not the conditional mean the shipped temperature 0
+  gives);
+- ``flow_from_blend``: the flow begun from the blend's latent at ``start_t`` (SDEdit in the latent), at
+  ``start_temperature``.
 
 Learned methods use the seed as learning seed, sampled ones as sampling seed; every method draws with the same
 generation seeds for a given seed.
@@ -29,7 +33,8 @@ import torch
 from cns_ray.config import LearnerConfig, StoreConfig
 from cns_ray.errors import ConfigError
 
-METHODS = ("floor", "synthesized", "synthesized_union", "nearest", "blend", "kernel", "cns", "refine", "synthesized_norm")
+METHODS = ("floor", "synthesized", "synthesized_union", "nearest", "blend", "kernel", "cns", "refine", "synthesized_norm",
+           "synthesized_t1", "flow_from_blend")
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,16 @@ class SynthEvalConfig:
     """(size, position, background) of each prompt."""
     blend_k: int = 5
     n_refs: int = 6
+    start_t: float = 0.5
+    """``flow_from_blend``: where on the flow's path the blend's latent starts (0: pure noise; nearer 1: the blend)."""
+    start_temperature: float = 1.0
     methods: tuple[str, ...] = METHODS
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
+        if not 0.0 <= self.start_t < 1.0 or self.start_temperature < 0:
+            raise ConfigError(f"invalid SynthEvalConfig: start_t={self.start_t} must be in [0, 1) and "
+                              f"start_temperature={self.start_temperature} >= 0")
         if bad or self.seeds < 1 or self.cns_steps < 1 or self.refine_steps < 0 or self.images_per_prompt < 1:
             raise ConfigError(f"invalid SynthEvalConfig: methods {bad} not in {list(METHODS)}, or seeds={self.seeds}, "
                               f"cns_steps={self.cns_steps}, images_per_prompt={self.images_per_prompt} < 1, or "
@@ -118,6 +129,11 @@ def eval_concept(base, synth, metric, scorer, library: tuple, name: str, cfg: Sy
                     elif m == "synthesized_norm":  # the flow's proposal at the library's typical norms
                         vec = at_library_norms(synth.sample(emb, seed), lib_x, synth.coords.token_dim)
                         kw.update(vector=vec, source="flow at library norms")
+                    elif m == "synthesized_t1":
+                        kw.update(vector=synth.sample(emb, seed, temperature=1.0), source="flow at temperature 1")
+                    elif m == "flow_from_blend":
+                        vec = synth.sample(emb, seed, temperature=cfg.start_temperature, start=bl_vec, t_start=cfg.start_t)
+                        kw.update(vector=vec, source=f"flow from the blend at t {cfg.start_t}")
                     elif m == "refine":
                         kw["refine_steps"] = cfg.refine_steps
                     st, _, stats = synthesized_state(base, store, req, synth, metric, lcfg, **kw)

@@ -187,10 +187,19 @@ def train_flow(flow: FlowNet, z1: torch.Tensor, cond: torch.Tensor, cfg: SynthCo
 
 @torch.no_grad()
 def sample_flow(flow: FlowNet, cond: torch.Tensor, z_dim: int, steps: int, temperature: float,
-                gen: torch.Generator) -> torch.Tensor:
-    """Euler integration of the flow from seeded noise: cond [B, c] -> z [B, z]."""
+                gen: torch.Generator, start: torch.Tensor | None = None, t_start: float = 0.0) -> torch.Tensor:
+    """Euler integration of the flow from seeded noise: cond [B, c] -> z [B, z].
+
+    ``start`` [B, z] (standardised latents) with ``t_start`` in [0, 1): begin on the path at ``z_t = (1 - t) z0 + t
+    start`` and integrate from there (SDEdit's partial noising, in the latent), so the sample keeps what of ``start``
+    the flow does not move; ``t_start`` 0 is the plain sample."""
+    if not 0.0 <= t_start < 1.0:
+        raise ConfigError(f"t_start={t_start} must be in [0, 1) (0: from noise; nearer 1: nearer the start latent)")
     z = temperature * torch.randn((cond.shape[0], z_dim), generator=gen)
-    for i in range(steps):
+    if start is not None:
+        z = (1 - t_start) * z + t_start * start
+    first = int(round(t_start * steps)) if start is not None else 0
+    for i in range(first, steps):
         t = torch.full((cond.shape[0],), i / steps)
         z = z + flow(z, t, cond) / steps
     return z

@@ -67,8 +67,10 @@ class Synthesizer:
 
     # ------------------------------------------------------------------ use
     @torch.no_grad()
-    def sample(self, embedding: torch.Tensor, seed: int = 0, temperature: float | None = None) -> torch.Tensor:
-        """A state vector [D] for one reference embedding [c] (deterministic for a seed)."""
+    def sample(self, embedding: torch.Tensor, seed: int = 0, temperature: float | None = None,
+               start: torch.Tensor | None = None, t_start: float = 0.0) -> torch.Tensor:
+        """A state vector [D] for one reference embedding [c] (deterministic for a seed). ``start`` [D]: a state
+        (e.g. the library's blend for this embedding) to begin from at ``t_start`` instead of pure noise."""
         if embedding.shape != (self.cond_dim,):
             raise ModelLoadError(f"reference embedding of shape {tuple(embedding.shape)}, the synthesizer was trained on "
                                  f"[{self.cond_dim}] embeddings ({self.meta.get('metric', 'its metric model')}): use the "
@@ -76,7 +78,13 @@ class Synthesizer:
         gen = torch.Generator().manual_seed(int(seed))
         c = F.normalize(embedding.float(), dim=-1)[None]
         temp = self.cfg.temperature if temperature is None else float(temperature)
-        z = sample_flow(self.flow, c, self.cfg.z_dim, self.cfg.sample_steps, temp, gen)[0]
+        z0 = None
+        if start is not None:
+            if start.shape != (self.coords.dim,):
+                raise ModelLoadError(f"start state of shape {tuple(start.shape)}, the synthesizer's states are "
+                                     f"[{self.coords.dim}]: pass a vector on its coordinate set")
+            z0 = ((self.vae.encode(start.float()[None])[0] - self.z_mean) / self.z_std)  # [1, z]
+        z = sample_flow(self.flow, c, self.cfg.z_dim, self.cfg.sample_steps, temp, gen, z0, t_start)[0]
         return self.vae.decode(z * self.z_std + self.z_mean)
 
     def check_base(self, base_id: str) -> None:

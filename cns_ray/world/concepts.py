@@ -20,7 +20,9 @@ import numpy as np
 from cns_ray.errors import InputError
 from cns_ray.world import render
 from cns_ray.world.scene import (
+    ALL_DROPPED,
     BACKGROUNDS,
+    BODY_COLOURS,
     FULL,
     POSITIONS,
     SIZES,
@@ -167,22 +169,64 @@ def render_concept(concept: Concept, scene: Scene, resolution: int = render.BASE
     return render.render_scene(Scene(objs, scene.background), resolution)
 
 
-def reference_set(concept: Concept, n: int = 6, seed: int = 0, resolution: int = render.BASE_RESOLUTION):
-    """(images uint8 [n, H, W, 3], user captions with the placeholder token, the scenes)."""
+def partner_looks(concept: Concept) -> list[Look]:
+    """Plain looks of ``concept``'s class in colours the concept does not use, which the base draws from their
+    caption (never held out): the described partners of its two-object references."""
+    used = {concept.look.colour, concept.look.colour2, concept.look.marking_colour}
+    looks = [Look(c, "plain") for c in BODY_COLOURS if c not in used]
+    return [lk for lk in looks if not is_held_out(concept.shape, lk)]
+
+
+def pair_reference_scenes(concept: Concept, n: int, seed: int = 0) -> list[tuple[Scene, int]]:
+    """``n`` two-object contexts: the concept (small) beside a described partner of its class
+    (:func:`partner_looks`), the concept alternately at the right and at the left; with the concept's index in the
+    scene's objects. Deterministic from (concept, seed); backgrounds never the partner's colour."""
+    if not 0 <= n <= 24:
+        raise InputError(f"pairs={n} two-object references must be in [0, 24]")
+    partners = partner_looks(concept)
+    if n and not partners:
+        raise InputError(f"concept {concept.name!r} uses every colour: no plain partner to pair it with; use pairs=0")
+    rng = np.random.default_rng([seed, sum(map(ord, concept.name)), 2])
+    out = []
+    for j in range(n):
+        partner = partners[int(rng.integers(len(partners)))]
+        bgs = [b for b in BACKGROUNDS if b != partner.colour]
+        bg = bgs[int(rng.integers(len(bgs)))]
+        mine, other = Obj(concept.shape, concept.look, "small", "right"), Obj(concept.shape, partner, "small", "left")
+        if j % 2 == 1:
+            mine, other = Obj(concept.shape, concept.look, "small", "left"), Obj(concept.shape, partner, "small", "right")
+            out.append((Scene((mine, other), bg), 0))
+        else:
+            out.append((Scene((other, mine), bg), 1))
+    return out
+
+
+def reference_set(concept: Concept, n: int = 6, seed: int = 0, resolution: int = render.BASE_RESOLUTION,
+                  pairs: int = 0):
+    """(images uint8 [n + pairs, H, W, 3], user captions with the placeholder token, the scenes): ``n`` one-object
+    contexts, then ``pairs`` two-object ones (:func:`pair_reference_scenes`), captioned as a user would caption a
+    photo of the concept beside another object (``a small plain blue circle at the left and a small <rex> circle at
+    the right on a grey background``: the partner described, the concept by its token and class word)."""
     scenes = reference_scenes(concept, n, seed)
-    images = np.stack([render.render_scene(s, resolution) for s in scenes])
     captions = [user_caption(s.objects[0].size, concept.token, concept.shape, s.objects[0].position, s.background)
                 for s in scenes]
+    for scene, k in pair_reference_scenes(concept, pairs, seed):
+        drops = tuple(ALL_DROPPED if i == k else FULL for i in range(2))
+        subjects = tuple(concept.token if i == k else None for i in range(2))
+        captions.append(caption(scene, drops, subjects))
+        scenes.append(scene)
+    images = np.stack([render.render_scene(s, resolution) for s in scenes])
     return images, captions, scenes
 
 
-def write_reference_folder(concept: Concept, folder: str | Path, n: int = 6, seed: int = 0) -> Path:
-    """PNG files + captions.txt in the layout :func:`cns_ray.learn.data.load_concept` reads."""
+def write_reference_folder(concept: Concept, folder: str | Path, n: int = 6, seed: int = 0, pairs: int = 0) -> Path:
+    """PNG files + captions.txt in the layout :func:`cns_ray.learn.data.load_concept` reads (``pairs``: two-object
+    references as well, :func:`reference_set`)."""
     from PIL import Image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    images, captions, _ = reference_set(concept, n, seed)
+    images, captions, _ = reference_set(concept, n, seed, pairs=pairs)
     for i, img in enumerate(images):
         Image.fromarray(img).save(folder / f"{i:02d}.png")
     (folder / "captions.txt").write_text("\n".join(captions) + "\n")

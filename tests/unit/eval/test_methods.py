@@ -93,3 +93,29 @@ def test_unit_keys_change_with_what_changes_a_unit_and_only_that(monkeypatch):
     monkeypatch.setattr(methods, "KV_PRESERVE", {"reg_lambda": 0.01, "preserve_lambda": 1.0})
     assert unit_key(cfg, ("cns_kv", "seq1", 0), "b1") != key  # a finished cns_kv unit of another setting is not reused
     assert unit_key(cfg, ("cns", "seq1", 0), "b1") == cns  # ... and the other methods' units stay valid
+
+
+def test_pair_orders_both_adds_each_pair_with_the_later_concept_first_and_bad_values_are_refused():
+    from cns_ray.errors import ConfigError
+    from cns_ray.eval.harness import sequence_pairs
+    from cns_ray.world.scene import parse_caption
+
+    seq = sequence_pairs(EvalConfig(), "seq1")
+    both = sequence_pairs(EvalConfig(pair_orders="both"), "seq1")
+    assert both[: len(seq)] == seq and len(both) == 2 * len(seq)
+    order = wc.SEQUENCES["seq1"]
+    for (_, a, b, bg), (prompt, b2, a2, bg2) in zip(seq, both[len(seq):]):
+        assert order.index(a) < order.index(b) and (a2, b2, bg2) == (a, b, bg)  # the same pair, the later one first
+        subjects = [o["subject"] for o in parse_caption(prompt)["objects"]]
+        assert subjects == [wc.get_concept(b).token, wc.get_concept(a).token]
+    assert unit_key_differs(EvalConfig(pairs=6), EvalConfig())
+    with pytest.raises(ConfigError, match=r"pairs=30 must be in \[0, 24\]"):
+        EvalConfig(pairs=30)
+    with pytest.raises(ConfigError, match=r"pair_orders='reverse' must be 'sequence' or 'both'"):
+        EvalConfig(pair_orders="reverse")
+
+
+def unit_key_differs(a: EvalConfig, b: EvalConfig) -> bool:
+    from cns_ray.eval.run import unit_key
+
+    return unit_key(a, ("cns_kv", "seq1", 0), "b1") != unit_key(b, ("cns_kv", "seq1", 0), "b1")

@@ -54,3 +54,35 @@ def test_two_user_circles_learned_kept_and_composed(fresh_tiny, tmp_path):
     pair = gen("a small <kiki> circle at the left and a small <boba> circle at the right on a grey background")
     assert _fit(pair, KIKI[1], "left") > _fit(pair, BOBA[1], "left")
     assert _fit(pair, BOBA[1], "right") > _fit(pair, KIKI[1], "right")
+
+
+def test_beside_described_partners_the_earlier_circle_is_drawn_second(fresh_tiny, tmp_path):
+    """With 6 more drawings per concept of it beside a plain circle its caption describes (``write_folder(partner=
+    "described")``), the earlier concept is drawn at the second place of a prompt too: ``<boba> ... at the left and
+    <kiki> ... at the right`` puts each at its place (docs/method-notes.md: without them kiki at the right is 0.06)."""
+    from cns_ray.eval.harness import calibration_prompts
+
+    base = fresh_tiny
+    store = ConceptStore(StoreConfig(uri=str(tmp_path / "store")))
+    general = general_masks_local(base, calibration_prompts(), SelectionConfig())
+    cfg = LearnerConfig(steps=240, batch_size=4, augment=False, seed=0, reg_lambda=0.01, preserve_lambda=3.0)
+    for name, look in (KIKI, BOBA):
+        folder = write_folder(tmp_path, name, look, None, 6, partner="described")
+        assert len((folder / "captions.txt").read_text().splitlines()) == 12
+        learner = CNSLearner(base, store, ConceptRequest("acme", name, "circle", str(folder), token=f"<{name}>"), cfg, general)
+        while learner.step_index < learner.total_steps:
+            learner.step()
+        learner.commit()
+    st = store.load("acme", shapes=base.target_shapes(), base_id=base.base_id)
+    pair = generate(base, st.delta, st.tokens,
+                    "a small <boba> circle at the left and a small <kiki> circle at the right on a grey background", 4, 0, 20, 4.0)
+    second = generate(base, st.delta, st.tokens,
+                      "a small plain green circle at the left and a small <kiki> circle at the right on a grey background", 4, 0, 20, 4.0)
+    fits = {"left_boba": _fit(pair, BOBA[1], "left"), "left_kiki": _fit(pair, KIKI[1], "left"),
+            "right_kiki": _fit(pair, KIKI[1], "right"), "right_boba": _fit(pair, BOBA[1], "right"),
+            "second_kiki": _fit(second, KIKI[1], "right")}
+    # measured (shipped base, 240 steps, seed 0): boba left 0.95 (kiki there 0.02), kiki right 0.99 (boba there 0.00),
+    # kiki after a described green circle 0.70; the other order (kiki left, boba right) still draws kiki twice
+    assert fits["right_kiki"] > 0.5 and fits["right_kiki"] > fits["right_boba"] + 0.3, fits  # the earlier one, second
+    assert fits["left_boba"] > 0.3 and fits["left_boba"] > fits["left_kiki"], fits  # the later one at its place
+    assert fits["second_kiki"] > 0.3, fits  # second after a described circle as well

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cns_ray.delta import LayerDelta, SparseDelta
-from cns_ray.errors import BaseMismatchError, InputError, ModelLoadError
+from cns_ray.errors import BaseMismatchError, ConfigError, InputError, ModelLoadError
 from cns_ray.synth.baselines import blend, kernel, kernel_weights, nearest
 from cns_ray.synth.coords import CoordSet
 from cns_ray.synth.model import SynthConfig
@@ -86,6 +86,22 @@ def test_sampling_is_deterministic_for_a_seed_and_follows_the_condition():
     s = synth.sample(cond[5], seed=0, temperature=0.0)
     cos = torch.nn.functional.cosine_similarity
     assert float(cos(s[None], x[5][None])) > 0.5
+
+
+def test_a_start_state_is_kept_in_proportion_to_where_it_starts_on_the_path():
+    coords, x, cond = _library()
+    synth = Synthesizer.fit(x, cond, coords, "base-x", QUICK)
+    cos = torch.nn.functional.cosine_similarity
+    start = x[3]  # a library state, offered for another concept's condition
+    plain = synth.sample(cond[11], seed=2, temperature=1.0)
+    assert torch.equal(synth.sample(cond[11], seed=2, temperature=1.0, start=start, t_start=0.0), plain)
+    near = [float(cos(synth.sample(cond[11], seed=2, temperature=1.0, start=start, t_start=t)[None], start[None]))
+            for t in (0.0, 0.5, 0.95)]
+    assert near[2] > near[0] and near[2] > 0.9, near  # begun late on the path, the sample stays by its start
+    with pytest.raises(ModelLoadError, match="coordinate set"):
+        synth.sample(cond[11], start=start[:-1], t_start=0.5)
+    with pytest.raises(ConfigError, match="t_start=1.0"):
+        synth.sample(cond[11], start=start, t_start=1.0)
 
 
 def test_baselines_pick_and_weight_the_nearest():

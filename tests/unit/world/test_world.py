@@ -175,3 +175,29 @@ def test_reference_folder_loads_in_the_learner_with_one_token(tmp_path):
     assert len(data) == 4
     assert all(t.count(c.token) == 1 for t in data.train_captions)
     assert all(c.token not in s and c.shape in s for s in data.captions)
+
+
+def test_pair_references_put_the_concept_beside_a_described_partner_on_both_sides(tmp_path):
+    from cns_ray.learn.data import load_concept
+
+    c = wc.get_concept("rex")
+    imgs, caps, scenes = wc.reference_set(c, 6, seed=0, pairs=4)
+    assert imgs.shape[0] == 10 and caps[:6] == wc.reference_set(c, 6, seed=0)[1]  # the one-object set unchanged
+    sides = []
+    for img, cap, scene in zip(imgs[6:], caps[6:], scenes[6:]):
+        objs = parse_caption(cap)["objects"]
+        k = next(i for i, o in enumerate(objs) if o.get("subject") == c.token)
+        mine, other = objs[k], objs[1 - k]
+        assert cap.count(c.token) == 1 and set(mine) == {"size", "subject", "shape", "position"}  # token, no look words
+        assert other == {"size": "small", "shape": c.shape, "position": other["position"], **look_fields(scene.objects[1 - k].look)}
+        assert scene.objects[k].look == c.look and scene.objects[1 - k].look.pattern == "plain"
+        assert scene.objects[1 - k].look.colour not in {c.look.colour, c.look.colour2, c.look.marking_colour}
+        assert not is_held_out(c.shape, scene.objects[1 - k].look)  # the partner is something the base draws
+        assert np.array_equal(img, render_scene(scene, img.shape[0]))
+        sides.append(mine["position"])
+    assert sides == ["right", "left", "right", "left"]
+    with pytest.raises(InputError, match=r"pairs=25 .*\[0, 24\]"):
+        wc.reference_set(c, 6, pairs=25)
+    folder = wc.write_reference_folder(c, tmp_path / "rex", n=2, pairs=2)
+    data = load_concept(str(folder), c.class_word, c.token, 32, None, False)
+    assert len(data) == 4 and all(t.count(c.token) == 1 for t in data.train_captions)
