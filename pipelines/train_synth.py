@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra reference sets per world-instance entry (other contexts), embedded as more conditions for "
                         "the same state: the flow learns that context does not change the concept (0: none)")
     p.add_argument("--token-weight", type=float, default=d.token_weight, help="token block's share in the projection")
+    p.add_argument("--retrieval-k", type=int, default=d.retrieval_k,
+                   help="condition the flow on the blend of the k nearest library latents too (0: off; default %(default)s)")
+    p.add_argument("--start-t", type=float, default=d.start_t,
+                   help="with --retrieval-k: begin sampling from the retrieved latent at this point of the path (default %(default)s)")
+    p.add_argument("--residual", action="store_true",
+                   help="with --retrieval-k: propose the neighbours' blend in full plus the flow's latent move (stores the library's states)")
     return p.parse_args(argv)
 
 
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = SynthConfig(pca_dim=args.pca_dim, z_dim=args.z_dim, hidden=args.hidden, vae_steps=args.vae_steps,
                           flow_steps=args.flow_steps, seed=args.seed, token_weight=args.token_weight,
+                          retrieval_k=args.retrieval_k, start_t=args.start_t, residual=args.residual,
                           temperature=1.0 if args.temperature is None else args.temperature)
         base = load_base_model(args.base_model)
         lib = ConceptLibrary(args.store, base.base_id)

@@ -28,6 +28,14 @@ def register(sub) -> None:
                    default="cns",
                    help="where the delta lands: cns = the concept neurons CNS selects from the captions; union = the "
                         "synthesizer's own coordinates (default %(default)s)")
+    p.add_argument("--source", choices=("flow", "blend", "nearest"),  # cns_ray.synth.library.SOURCES
+                   default="flow",
+                   help="the proposal: flow = sample the synthesizer; blend = the embedding-weighted blend of the 5 "
+                        "nearest library concepts; nearest = the nearest one (both read the library from --library; "
+                        "default %(default)s)")
+    p.add_argument("--library", default=None,
+                   help="store holding the library, for --source blend/nearest (default: --store; "
+                        "python -m pipelines.build_library builds it)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
     p.add_argument("--synthesizer", default=None,
                    help="synthesizer folder (default: the one shipped for the tiny base; python -m pipelines.train_synth)")
@@ -61,11 +69,18 @@ def cmd_synthesize(args) -> int:
     cfg = resolve_learner_config(LearnerConfig(steps=None, token_lr=None, weight_lr=None, augment=args.refine_steps > 0,
                                                seed=args.seed), args.base_model)
     store = ConceptStore(StoreConfig(uri=args.store))
+    propose = None
+    if args.source != "flow":  # refused (empty library, other metric) before anything of the tenant is read
+        from cns_ray.synth.library import library_proposer
+
+        propose = library_proposer(base, args.library or args.store, synth.coords, args.source,
+                                   args.metric_model or synth.meta.get("metric", "toy"))
     general = general_masks(base, store, cfg.selection) if args.landing == "cns" else None  # cached in the store
     loaded = time.perf_counter() - t0
     t1 = time.perf_counter()
     version, stats = synthesize_concept(base, store, request, synth, metric, cfg, seed=args.seed, landing=args.landing,
-                                        refine_steps=args.refine_steps, general=general)
+                                        refine_steps=args.refine_steps, general=general, propose=propose,
+                                        source=args.source)
     stats["commit_seconds"] = round(time.perf_counter() - t1 - stats["seconds"], 3)
     out = {"tenant": args.tenant, "concept": args.concept, "version": version, "method": "synthesized",
            "load_seconds": round(loaded, 2), **stats}
@@ -74,6 +89,6 @@ def cmd_synthesize(args) -> int:
     else:
         print(f"tenant {args.tenant}: synthesized {args.concept} -> version {version} ({stats['seconds']:.2f} s + commit "
               f"{stats['commit_seconds']:.2f} s, "
-              f"{args.refine_steps} refine steps, landing {args.landing}, {stats['entries']} entries; models loaded in "
+              f"{args.refine_steps} refine steps, source {args.source}, landing {args.landing}, {stats['entries']} entries; models loaded in "
               f"{loaded:.1f} s)")
     return 0

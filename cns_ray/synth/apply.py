@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -36,10 +37,12 @@ METHOD = "synthesized"
 
 def synthesized_state(base, store, request: ConceptRequest, synth: Synthesizer, metric, cfg: LearnerConfig, *,
                       seed: int = 0, landing: str = "cns", refine_steps: int = 0, general=None,
-                      vector: torch.Tensor | None = None, source: str = "flow") -> tuple[TenantState, CNSLearner, dict]:
+                      vector: torch.Tensor | None = None, source: str = "flow",
+                      propose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[TenantState, CNSLearner, dict]:
     """(the tenant's new state, not committed; the learner holding its parent; stats). ``cfg``: resolved learning
     settings (its lrs are used by ``refine_steps``); ``vector``: a state vector to land instead of sampling one
-    (the baselines), named by ``source``."""
+    (the baselines), named by ``source``; ``propose``: embedding [c] -> state vector [D] on the synthesizer's
+    coordinates, called with the references' embedding instead of sampling (e.g. the library's blend)."""
     problems = []
     if landing not in LANDINGS:
         problems.append(f"landing={landing!r} must be one of {list(LANDINGS)}")
@@ -57,7 +60,7 @@ def synthesized_state(base, store, request: ConceptRequest, synth: Synthesizer, 
     images = learner.data.batch(torch.arange(len(learner.data)), None, augment=False)  # [N, 3, R, R]
     embedding = reference_embedding(metric, images)
     if vector is None:
-        vector = synth.sample(embedding, seed)
+        vector = propose(embedding) if propose is not None else synth.sample(embedding, seed)
     layer_values, token_offset = synth.coords.split(vector)
     covered = 0
     with torch.no_grad():

@@ -154,3 +154,31 @@ def library_arrays(base, lib: ConceptLibrary, names: list[str] | None = None, co
         rows.append(v)
     cond = torch.tensor([e.embedding for e in entries], dtype=torch.float32)
     return entries, torch.stack(rows), cond, coords
+
+
+SOURCES = ("flow", "blend", "nearest")
+
+
+def library_proposer(base, store_uri: str, coords, source: str, metric: str):
+    """embedding [c] -> state vector [D] on ``coords`` from the library of ``base`` under ``store_uri``: its
+    ``blend`` of 5 nearest or its ``nearest`` entry (cns_ray.synth.baselines), with the name of the entry(ies) used.
+
+    Refuses an empty library, or one embedded with another metric model, with the fix; reads nothing of a tenant."""
+    from cns_ray.synth.baselines import blend, nearest
+
+    if source not in SOURCES[1:]:
+        raise InputError(f"source={source!r}: a library proposal is one of {list(SOURCES[1:])} ('flow' samples the synthesizer)")
+    lib = ConceptLibrary(store_uri, base.base_id)
+    entries = lib.entries()
+    if not entries:
+        raise InputError(f"source={source!r} needs the library of base_id {base.base_id} under {store_uri}, and "
+                         f"{lib.uri} holds 0 finished entries: build it (python -m pipelines.build_library --store "
+                         f"{store_uri}), point --library at the store that holds it, or use --source flow")
+    metrics = sorted({e.metric for e in entries.values()})
+    if metrics != [metric]:
+        raise InputError(f"the library {lib.uri} was embedded with metric model(s) {metrics}, the references here with "
+                         f"{metric!r}: pass --metric-model {metrics[0]} (or rebuild the library with {metric!r})")
+    _, x, cond, _ = library_arrays(base, lib, coords=coords)  # [N, D], [N, c]
+    if source == "blend":
+        return lambda emb: blend(x, cond, emb)
+    return lambda emb: nearest(x, cond, emb)[0]

@@ -47,6 +47,17 @@ class SynthConfig:
     """Share of the token block against the delta block in the projection (1: equal; see Projection)."""
     temperature: float = 1.0
     """Scale of the sampling noise z0 (0: the ODE from the origin, one state per condition)."""
+    retrieval_k: int = 0
+    """> 0: the flow is also conditioned on the softmax(cos / retrieval_temperature) blend of the latents of the k
+    library rows nearest the condition (trained leave-one-state-out), so it learns a correction to its neighbours
+    rather than a mean over the whole library (0: the condition alone)."""
+    retrieval_temperature: float = 0.05
+    start_t: float = 0.0
+    """Where on the flow's path sampling begins from the retrieved latent (needs retrieval_k > 0; 0: from noise)."""
+    residual: bool = False
+    """With retrieval: the proposal is the neighbours' blend in full state space plus the flow's move in the latent
+    (decode(z) - decode(start)), so what the VAE's bottleneck drops of the neighbours is kept (the library's states
+    are stored with the synthesizer: ~8 MB for 200 entries on tiny)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,6 +65,10 @@ class SynthConfig:
         for name in ("pca_dim", "z_dim", "hidden", "vae_steps", "flow_steps", "batch_size", "sample_steps"):
             if int(getattr(self, name)) < 1:
                 p.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.retrieval_k < 0 or self.retrieval_temperature <= 0 or not 0.0 <= self.start_t < 1.0 or (
+                self.start_t > 0 and self.retrieval_k == 0) or (self.residual and self.retrieval_k == 0):
+            p.append(f"retrieval_k={self.retrieval_k} must be >= 0, retrieval_temperature={self.retrieval_temperature} > 0 "
+                     f"and start_t={self.start_t} in [0, 1) (> 0, and residual={self.residual}, only with retrieval_k > 0)")
         if self.lr <= 0 or self.token_weight <= 0 or self.kl_weight < 0 or self.cond_noise < 0 or self.temperature < 0:
             p.append(f"lr={self.lr} and token_weight={self.token_weight} must be > 0; kl_weight={self.kl_weight}, cond_noise={self.cond_noise} and "
                      f"temperature={self.temperature} must be >= 0")
@@ -165,8 +180,30 @@ def train_vae(vae: StateVAE, x: torch.Tensor, cfg: SynthConfig, gen: torch.Gener
     return losses
 
 
-def train_flow(flow: FlowNet, z1: torch.Tensor, cond: torch.Tensor, cfg: SynthConfig, gen: torch.Generator) -> list[float]:
-    """Rectified flow from N(0, I) to the latents z1 [N, z] given conditions cond [N, c] (unit vectors)."""
+def neighbours(cond: torch.Tensor, mem_cond: torch.Tensor, k: int, temperature: float,
+               exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax(cos / temperature) weights [B, k] and indices [B, k] of the k memory rows nearest each condition.
+
+    cond [B, c] and mem_cond [M, c] unit vectors; ``exclude`` [B, M] bool: rows a condition may not use (its own
+    state, in training)."""
+    cos = cond @ mem_cond.T  # [B, M]
+    if exclude is not None:
+        cos = cos.masked_fill(exclude, float("-inf"))
+    top = cos.topk(min(k, mem_cond.shape[0]), dim=-1)  # [B, k]
+    return torch.softmax(top.values / temperature, dim=-1), top.indices
+
+
+def retrieve(cond: torch.Tensor, mem_cond: torch.Tensor, mem_z: torch.Tensor, k: int, temperature: float,
+             exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """The blend [B, z] of the latents mem_z [M, z] of the k memory rows nearest each condition (see neighbours)."""
+    w, idx = neighbours(cond, mem_cond, k, temperature, exclude)
+    return (w[..., None] * mem_z[idx]).sum(1)  # [B, z]
+
+
+def train_flow(flow: FlowNet, z1: torch.Tensor, cond: torch.Tensor, cfg: SynthConfig, gen: torch.Generator,
+               hint: torch.Tensor | None = None) -> list[float]:
+    """Rectified flow from N(0, I) to the latents z1 [N, z] given conditions cond [N, c] (unit vectors) and, with
+    retrieval, each row's retrieved latent ``hint`` [N, z] (appended to the condition, not noised)."""
     opt = torch.optim.Adam(flow.parameters(), lr=cfg.lr)
     losses = []
     for _ in range(cfg.flow_steps):
@@ -174,6 +211,8 @@ def train_flow(flow: FlowNet, z1: torch.Tensor, cond: torch.Tensor, cfg: SynthCo
         target, c = z1[pick], cond[pick]
         if cfg.cond_noise:
             c = F.normalize(c + cfg.cond_noise * torch.randn(c.shape, generator=gen), dim=-1)
+        if hint is not None:
+            c = torch.cat([c, hint[pick]], dim=-1)
         z0 = torch.randn(target.shape, generator=gen)
         t = torch.rand(len(pick), generator=gen)
         zt = (1 - t[:, None]) * z0 + t[:, None] * target

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from cns_ray.errors import BaseMismatchError, ModelLoadError
 from cns_ray.synth.coords import CoordSet
-from cns_ray.synth.model import FlowNet, StateVAE, SynthConfig, sample_flow, train_flow, train_vae
+from cns_ray.synth.model import FlowNet, StateVAE, SynthConfig, neighbours, retrieve, sample_flow, train_flow, train_vae
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,18 @@ class Synthesizer:
     def __init__(self, coords: CoordSet, cfg: SynthConfig, cond_dim: int, base_id: str, k: int, meta: dict | None = None):
         self.coords, self.cfg, self.cond_dim, self.base_id, self.k = coords, cfg, int(cond_dim), base_id, int(k)
         self.vae = StateVAE(coords.dim, cfg, self.k, coords.token_dim)
-        self.flow = FlowNet(cfg.z_dim, self.cond_dim, cfg.hidden)
+        self.flow = FlowNet(cfg.z_dim, self.flow_cond_dim, cfg.hidden)
         self.z_mean = torch.zeros(cfg.z_dim)
         self.z_std = torch.ones(cfg.z_dim)
+        self.mem_cond = torch.zeros(0, self.cond_dim)  # [M, c] the library's conditions (retrieval only)
+        self.mem_z = torch.zeros(0, cfg.z_dim)  # [M, z] their states' standardised latents
+        self.mem_x = torch.zeros(0, coords.dim)  # [S, D] the library's distinct states (residual only)
+        self.mem_row = torch.zeros(0, dtype=torch.long)  # [M] each memory row's state in mem_x
         self.meta = dict(meta or {})
+
+    @property
+    def flow_cond_dim(self) -> int:
+        return self.cond_dim + (self.cfg.z_dim if self.cfg.retrieval_k else 0)
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -52,12 +60,20 @@ class Synthesizer:
         gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # the modules' initial weights
         synth.vae = StateVAE(coords.dim, cfg, k, coords.token_dim)
-        synth.flow = FlowNet(cfg.z_dim, synth.cond_dim, cfg.hidden)
+        synth.flow = FlowNet(cfg.z_dim, synth.flow_cond_dim, cfg.hidden)
         vae_losses = train_vae(synth.vae, x.float(), cfg, gen)
         with torch.no_grad():
             mu = synth.vae.encode(x.float())[0]  # [N, z]
             synth.z_mean, synth.z_std = mu.mean(0), mu.std(0).clamp(min=1e-4)
-        flow_losses = train_flow(synth.flow, (mu - synth.z_mean) / synth.z_std, F.normalize(cond.float(), dim=-1), cfg, gen)
+        z1, c1, hint = (mu - synth.z_mean) / synth.z_std, F.normalize(cond.float(), dim=-1), None
+        if cfg.retrieval_k:
+            states, state = torch.unique(x.float(), dim=0, return_inverse=True)  # [S, D], [N]: rows of one state share an id
+            synth.mem_cond, synth.mem_z = c1, z1
+            if cfg.residual:
+                synth.mem_x, synth.mem_row = states, state
+            hint = retrieve(c1, c1, z1, cfg.retrieval_k, cfg.retrieval_temperature,
+                            exclude=state[:, None] == state[None, :])  # leave its own state out, as for a new concept
+        flow_losses = train_flow(synth.flow, z1, c1, cfg, gen, hint)
         synth.vae.eval()
         synth.flow.eval()
         synth.meta.update({"library_size": int(synth.meta.get("library_size", x.shape[0])), "pca_dim": k,
@@ -84,8 +100,20 @@ class Synthesizer:
                 raise ModelLoadError(f"start state of shape {tuple(start.shape)}, the synthesizer's states are "
                                      f"[{self.coords.dim}]: pass a vector on its coordinate set")
             z0 = ((self.vae.encode(start.float()[None])[0] - self.z_mean) / self.z_std)  # [1, z]
+        near = None
+        if self.cfg.retrieval_k:
+            w, idx = neighbours(c, self.mem_cond, self.cfg.retrieval_k, self.cfg.retrieval_temperature)  # [1, k]
+            hint = (w[..., None] * self.mem_z[idx]).sum(1)  # [1, z]
+            c = torch.cat([c, hint], dim=-1)
+            if start is None and self.cfg.start_t > 0:
+                z0, t_start = hint, self.cfg.start_t
+            if start is None and self.cfg.residual:
+                near = (w[0, :, None] * self.mem_x[self.mem_row[idx[0]]]).sum(0)  # [D] the neighbours in full
         z = sample_flow(self.flow, c, self.cfg.z_dim, self.cfg.sample_steps, temp, gen, z0, t_start)[0]
-        return self.vae.decode(z * self.z_std + self.z_mean)
+        out = self.vae.decode(z * self.z_std + self.z_mean)  # [D]
+        if near is not None:  # the neighbours plus the flow's move away from where it started
+            out = near + out - self.vae.decode(hint[0] * self.z_std + self.z_mean)
+        return out
 
     def check_base(self, base_id: str) -> None:
         if base_id != self.base_id:
@@ -105,6 +133,10 @@ class Synthesizer:
         tensors["vae.proj.basis"] = self.vae.proj.basis.half().contiguous()  # the bulk of the file
         tensors.update({f"flow.{k}": v.detach().float().contiguous() for k, v in self.flow.state_dict().items()})
         tensors["z_mean"], tensors["z_std"] = self.z_mean.contiguous(), self.z_std.contiguous()
+        if self.cfg.retrieval_k:
+            tensors["mem_cond"], tensors["mem_z"] = self.mem_cond.half().contiguous(), self.mem_z.contiguous()
+        if self.cfg.residual:
+            tensors["mem_x"], tensors["mem_row"] = self.mem_x.half().contiguous(), self.mem_row.to(torch.int32).contiguous()
         save_file(tensors, str(folder / WEIGHTS))
         meta = {"format": FORMAT, "base_id": self.base_id, "config": asdict(self.cfg), "cond_dim": self.cond_dim,
                 "pca_dim": self.k, "token_dim": self.coords.token_dim,
@@ -135,6 +167,10 @@ class Synthesizer:
             synth.vae.load_state_dict({k[4:]: v.float() for k, v in t.items() if k.startswith("vae.")})
             synth.flow.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("flow.")})
             synth.z_mean, synth.z_std = t["z_mean"], t["z_std"]
+            if synth.cfg.retrieval_k:
+                synth.mem_cond, synth.mem_z = t["mem_cond"].float(), t["mem_z"]
+            if synth.cfg.residual:
+                synth.mem_x, synth.mem_row = t["mem_x"].float(), t["mem_row"].long()
         except ModelLoadError:
             raise
         except Exception as e:  # noqa: BLE001 - safetensors, json and torch each raise their own types here

@@ -126,6 +126,34 @@ def test_cns_synthesize_commits_a_synthesized_concept_that_serves(built, tiny_ba
     assert png[:4] == b"\x89PNG" and weights_digest(tiny_base) == before
 
 
+def test_cns_synthesize_from_the_library_lands_its_nearest_entry_and_refuses_a_missing_library(built, tiny_base,
+                                                                                                tmp_path, capsys):
+    from cns_ray.config import StoreConfig
+    from cns_ray.store import ConceptStore
+    from cns_ray.synth.coords import class_word_embedding
+
+    store_dir = str(tmp_path / "user")
+    args = ["synthesize", "--store", store_dir, "--tenant", "acme", "--images", _folder(tmp_path), "--class-word",
+            "square", "--synthesizer", built["folder"], "--json"]
+    assert cns([*args, "--concept", "mia", "--source", "nearest", "--library", built["root"]]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["version"] == 1 and out["source"] == "nearest"
+    store = ConceptStore(StoreConfig(uri=store_dir))
+    state = store.load("acme", shapes=tiny_base.target_shapes(), base_id=tiny_base.base_id)
+    assert state.concept("mia").stats["synthesis"]["source"] == "nearest"
+    x = built["x"]  # [N, D] the library's state vectors: the token offset is their last block
+    offset = state.tokens["<mia>"].float() - class_word_embedding(tiny_base, "square")  # [T]
+    gaps = [float((offset - x[i, -offset.numel():]).abs().max()) for i in range(len(x))]
+    assert min(gaps) < 1e-4 < max(gaps), gaps  # exactly one library entry's token, not a sample
+    assert cns([*args, "--concept", "mia2", "--source", "blend", "--library", built["root"]]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["source"] == "blend"
+    # the library defaults to --store, which holds none: refused with the fix, nothing committed
+    assert cns([*args, "--concept", "mia3", "--source", "blend"]) == 2
+    err = capsys.readouterr().err
+    assert "0 finished entries" in err and "pipelines.build_library" in err and "--source flow" in err, err
+    assert store.head("acme") == 2
+
+
 @pytest.mark.parametrize("case", ["empty-folder", "unknown-base", "bad-name", "other-base-synth", "bad-landing-steps"])
 def test_cns_synthesize_refuses_bad_input_and_commits_nothing(built, tmp_path, capsys, case):
     from cns_ray.config import StoreConfig

@@ -104,6 +104,54 @@ def test_a_start_state_is_kept_in_proportion_to_where_it_starts_on_the_path():
         synth.sample(cond[11], start=start, t_start=1.0)
 
 
+def test_a_retrieval_flow_reads_its_neighbours_and_keeps_them_in_its_files(tmp_path):
+    from dataclasses import replace
+
+    coords, x, cond = _library()
+    cfg = replace(QUICK, retrieval_k=3, start_t=0.5)
+    synth = Synthesizer.fit(x[:20], cond[:20], coords, "base-x", cfg)
+    assert synth.mem_cond.shape == (20, cond.shape[1]) and synth.mem_z.shape == (20, cfg.z_dim)
+    a = synth.sample(cond[22], seed=1, temperature=0.0)
+    back = Synthesizer.load(synth.save(tmp_path / "s"))
+    assert torch.allclose(back.sample(cond[22], seed=1, temperature=0.0), a, atol=1e-2)  # memory stored as fp16
+    back.mem_z = back.mem_z.flip(0)  # other neighbours' latents: another proposal
+    assert not torch.allclose(back.sample(cond[22], seed=1, temperature=0.0), a, atol=1e-2)
+    with pytest.raises(ConfigError, match="start_t=0.5"):
+        replace(QUICK, start_t=0.5)  # a start needs something retrieved to start from
+
+
+class _ToHint(torch.nn.Module):
+    """A flow whose every path ends at the retrieved latent (the condition's last z_dim numbers): it moves nothing."""
+
+    def __init__(self, z_dim: int):
+        super().__init__()
+        self.z_dim = z_dim
+
+    def forward(self, z, t, c):
+        return (c[:, -self.z_dim:] - z) / (1 - t)[:, None]
+
+
+def test_a_residual_flow_keeps_its_neighbours_in_full_and_only_adds_its_move(tmp_path):
+    from dataclasses import replace
+
+    coords, x, cond = _library()
+    cfg = replace(QUICK, retrieval_k=3, start_t=0.5, residual=True)
+    synth = Synthesizer.fit(x[:20], cond[:20], coords, "base-x", cfg)
+    assert synth.mem_x.shape == (20, coords.dim) and torch.equal(synth.mem_x[synth.mem_row], x[:20])
+    moved = synth.sample(cond[22], seed=1, temperature=0.0)
+    back = Synthesizer.load(synth.save(tmp_path / "s"))
+    assert torch.allclose(back.sample(cond[22], seed=1, temperature=0.0), moved, atol=1e-2)  # states kept as fp16
+    neighbours = blend(x[:20], cond[:20], cond[22], k=3, temperature=cfg.retrieval_temperature)
+    synth.flow = _ToHint(cfg.z_dim)  # no move: the neighbours' blend in full, exactly, not its VAE reconstruction
+    assert torch.allclose(synth.sample(cond[22], seed=1, temperature=0.0), neighbours, atol=1e-4)
+    assert not torch.allclose(moved, neighbours, atol=1e-3)  # the trained flow does move it
+    plain = Synthesizer.fit(x[:20], cond[:20], coords, "base-x", replace(cfg, residual=False))
+    plain.flow = _ToHint(cfg.z_dim)
+    assert (plain.sample(cond[22], seed=1, temperature=0.0) - neighbours).norm() > 1e-3 * neighbours.norm()
+    with pytest.raises(ConfigError, match="residual=True"):
+        replace(QUICK, residual=True)  # nothing retrieved to keep
+
+
 def test_baselines_pick_and_weight_the_nearest():
     coords, x, cond = _library()
     v, i = nearest(x, cond, cond[7])
