@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling noise scale; default: 0 or 1, whichever the held-out check prefers (token cosine)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="train on the first N finished entries by name only (a learning curve over library size; 0: all)")
     p.add_argument("--views", type=int, default=4,
                    help="extra reference sets per world-instance entry (other contexts), embedded as more conditions for "
                         "the same state: the flow learns that context does not change the concept (0: none)")
@@ -125,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         base = load_base_model(args.base_model)
         lib = ConceptLibrary(args.store, base.base_id)
         t0 = time.perf_counter()
-        entries, x, cond, coords = library_arrays(base, lib)
+        if args.limit < 0:
+            raise CNSError(f"--limit {args.limit} must be >= 0 (0: every finished entry)")
+        names = sorted(lib.entries())[:args.limit] if args.limit else None
+        entries, x, cond, coords = library_arrays(base, lib, names)
         if len(entries) < 2:
             raise CNSError(f"the library {lib.uri} holds {len(entries)} finished entries, training needs >= 2: "
                            "run python -m pipelines.build_library first")

@@ -154,6 +154,23 @@ def test_cns_synthesize_from_the_library_lands_its_nearest_entry_and_refuses_a_m
     assert store.head("acme") == 2
 
 
+def test_train_synth_trains_on_the_library_or_its_first_entries(built, tmp_path, capsys):
+    from pipelines import train_synth
+
+    small = ["--store", built["root"], "--pca-dim", "2", "--z-dim", "2", "--hidden", "16", "--vae-steps", "20",
+             "--flow-steps", "20", "--val", "0", "--views", "0"]
+    assert train_synth.main([*small, "--out", str(tmp_path / "all")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["library_size"] == 3
+    assert train_synth.main([*small, "--out", str(tmp_path / "two"), "--limit", "2", "--retrieval-k", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from cns_ray.synth.synthesizer import Synthesizer
+
+    two = Synthesizer.load(out["out"])
+    assert out["library_size"] == 2 and two.meta["library_size"] == 2 and two.mem_cond.shape[0] == 2
+    assert train_synth.main([*small, "--out", str(tmp_path / "bad"), "--limit", "-1"]) == 2
+    assert "--limit -1 must be >= 0" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("case", ["empty-folder", "unknown-base", "bad-name", "other-base-synth", "bad-landing-steps"])
 def test_cns_synthesize_refuses_bad_input_and_commits_nothing(built, tmp_path, capsys, case):
     from cns_ray.config import StoreConfig
