@@ -81,6 +81,9 @@ class ServingConfig:
     """Largest total upload of concept images per learn request."""
     max_upload_files: int = 32
     """Most images per learn request."""
+    synth_library: str | None = None
+    """Store holding the concept library (``library/{base_id}/``, ``python -m pipelines.build_library``) that
+    ``method=synthesize`` reads with ``source=blend`` or ``nearest``; None = ``store``."""
     learn_steps: int | None = None
     """Default learning steps of a learn request; None = the served base's own default (its ``cns_defaults.json``:
     tiny 300, a bare folder 500). A request may give its own, up to ``max_learn_steps``."""

@@ -283,15 +283,18 @@ class Ingress:
         steps: int | None = Form(None),
         method: str = Form("cns"),
         cones_joint: str | None = Form(None),
+        source: str | None = Form(None),
         who: Principal = Depends(principal),
     ):
-        from cns_ray.serve.learn_route import SYNTHESIZE, SynthService, cones_joint_field, submit_learning, synthesize_upload
+        from cns_ray.serve.learn_route import (SYNTHESIZE, SynthService, cones_joint_field, source_field, submit_learning,
+                                               synthesize_upload)
 
+        source = source_field(source, method)  # given with another method, or unknown: 422, nothing done
         if method == SYNTHESIZE:  # zero-shot: committed within the request (cns_ray/synth/), no job
             cones_joint_field(cones_joint, method, concept)  # given with method=synthesize: 422, nothing done
             self._synth = self._synth or SynthService(self.cfg)
             out = await synthesize_upload(self.cfg, self.store, self._synth, who.tenant, images, concept, class_word,
-                                          token, steps)
+                                          token, steps, source)
             await self._reload(who.tenant)
             return JSONResponse(out, status_code=201)
         job_id = await submit_learning(self.cfg, self.store, who.tenant, images, concept, class_word, token, steps,

@@ -195,6 +195,7 @@ class SynthService:
         self.cfg = cfg
         self._lock = threading.Lock()
         self._parts = None
+        self._proposers = {}  # source -> the library's proposal (read once per ingress replica)
 
     def parts(self, store):
         with self._lock:
@@ -218,7 +219,23 @@ class SynthService:
                                general_masks(base, store, lcfg.selection))
             return self._parts
 
-    def run(self, store, tenant: str, pngs: list[bytes], concept: str, class_word: str, token: str, refine_steps: int) -> dict:
+    def proposer(self, source: str):
+        """None for ``flow`` (the synthesizer samples), else the library's ``blend`` / ``nearest`` proposal, read once
+        from ``cfg.synth_library`` (or the store) and kept; an empty library is refused with the fix (InputError)."""
+        if source == "flow":
+            return None
+        base, synth, _, _, _ = self._parts
+        with self._lock:
+            if source not in self._proposers:
+                from cns_ray.synth.library import library_proposer
+
+                library = self.cfg.synth_library or self.cfg.store
+                self._proposers[source] = library_proposer(base, library, synth.coords, source,
+                                                           synth.meta.get("metric", "toy"))
+            return self._proposers[source]
+
+    def run(self, store, tenant: str, pngs: list[bytes], concept: str, class_word: str, token: str, refine_steps: int,
+            source: str = "flow") -> dict:
         import tempfile
         from pathlib import Path
 
@@ -226,20 +243,38 @@ class SynthService:
         from cns_ray.synth.apply import synthesize_concept
 
         base, synth, metric, lcfg, general = self.parts(store)
+        propose = self.proposer(source)  # before the images are written: a missing library commits nothing
         with tempfile.TemporaryDirectory() as d:
             for i, data in enumerate(pngs):
                 (Path(d) / f"{i:03d}.png").write_bytes(data)
             req = ConceptRequest(tenant=tenant, concept=concept, class_word=class_word, images=d, token=token)
             version, stats = synthesize_concept(base, store, req, synth, metric, lcfg, refine_steps=refine_steps,
-                                                general=general)
+                                                general=general, propose=propose, source=source)
         return {"tenant": tenant, "concept": concept, "method": "synthesized", "version": version,
-                "seconds": stats["seconds"], "refine_steps": refine_steps}
+                "seconds": stats["seconds"], "refine_steps": refine_steps, "source": source}
+
+
+SOURCES = ("flow", "blend", "nearest")
+"""``source`` of a ``method=synthesize`` request (cns_ray.synth.library.SOURCES; not imported: the ingress stays light)."""
+
+
+def source_field(source: str | None, method: str) -> str:
+    """The form's ``source``: one of :data:`SOURCES` with ``method=synthesize`` (default ``flow``), absent otherwise."""
+    if source is None:
+        return "flow"
+    if method != SYNTHESIZE:
+        raise _api_error(422, "invalid_request", f"source={source[:20]!r} picks a zero-shot proposal and needs "
+                         f"method=synthesize, got method={method[:20]!r}: send method=synthesize, or leave source out")
+    if source not in SOURCES:
+        raise _api_error(422, "invalid_request", f"source={source[:20]!r} must be one of {list(SOURCES)} (flow: the "
+                         "synthesizer; blend / nearest: the concept library's own proposal)")
+    return source
 
 
 async def synthesize_upload(cfg: ServingConfig, store, service: SynthService, tenant: str, images, concept: str,
-                            class_word: str, token: str | None, steps: int | None) -> dict:
+                            class_word: str, token: str | None, steps: int | None, source: str = "flow") -> dict:
     """Check the form like :func:`submit_learning`, then synthesize and commit in a worker thread; ``steps``: refine
-    steps (default 0)."""
+    steps (default 0); ``source``: checked by :func:`source_field`."""
     token = _checked_names(concept, class_word, token)
     refine = 0 if steps is None else steps
     if not 0 <= refine <= MAX_HTTP_REFINE_STEPS:
@@ -251,6 +286,6 @@ async def synthesize_upload(cfg: ServingConfig, store, service: SynthService, te
         if sum(len(b) for _, b in blobs) > cfg.max_upload_bytes:
             raise _api_error(413, "upload_too_large", f"images exceed {cfg.max_upload_bytes} bytes in total: send fewer or smaller images")
     pngs = await asyncio.to_thread(check_images, blobs, cfg)
-    out = await asyncio.to_thread(service.run, store, tenant, pngs, concept, class_word.strip(), token, refine)
+    out = await asyncio.to_thread(service.run, store, tenant, pngs, concept, class_word.strip(), token, refine, source)
     log.info("tenant %s: synthesized %s (%d images) -> version %d", tenant, concept, len(pngs), out["version"])
     return out

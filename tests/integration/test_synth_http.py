@@ -70,5 +70,20 @@ def test_synthesize_over_http_commits_within_the_request(ray_local, tiny_base, t
             gen = c.post("/v1/images/generations", headers=h,
                          json={"prompt": "a large <mia> square at the center on a grey background", "seed": 1, "steps": 2})
             assert gen.status_code == 200 and gen.headers["X-CNS-Version"] == "1"
+            # source: the library's own proposal; refused (nothing committed) without a library, or when malformed
+            for extra, want in ((("source", "bogus"),), "must be one of"), ((("source", "blend"), ("method", "cns")),
+                                                                          "needs method=synthesize"):
+                bad = c.post("/v1/concepts", data={**form, "concept": "mia2", **dict(extra)}, files=files, headers=h)
+                assert bad.status_code == 422 and want in bad.json()["error"]["message"], bad.text
+            bad = c.post("/v1/concepts", data={**form, "concept": "mia2", "source": "blend"}, files=files, headers=h)
+            assert bad.status_code == 422 and "0 finished entries" in bad.json()["error"]["message"], bad.text
+            assert c.get("/v1/concepts", headers=h).json()["version"] == 1
+            from cns_ray.synth.build import LibraryConfig, build_library
+
+            build_library(cfg.store, "tiny", LibraryConfig(n=2, steps=2, n_images=2, workers=0))
+            r = c.post("/v1/concepts", data={**form, "concept": "mia2", "source": "blend"}, files=files, headers=h)
+            assert r.status_code == 201 and r.json()["source"] == "blend" and r.json()["version"] == 2, r.text
+            listed = c.get("/v1/concepts", headers=h).json()["concepts"]
+            assert [x["name"] for x in listed] == ["mia", "mia2"]  # the library is no tenant: acme sees its own only
     finally:
         serve.delete("synth-http")
