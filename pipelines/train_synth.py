@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     try:
+        if args.limit < 0:  # before the base is loaded
+            raise CNSError(f"--limit {args.limit} must be >= 0 (0: every finished entry)")
         cfg = SynthConfig(pca_dim=args.pca_dim, z_dim=args.z_dim, hidden=args.hidden, vae_steps=args.vae_steps,
                           flow_steps=args.flow_steps, seed=args.seed, token_weight=args.token_weight,
                           retrieval_k=args.retrieval_k, start_t=args.start_t, residual=args.residual,
@@ -127,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         base = load_base_model(args.base_model)
         lib = ConceptLibrary(args.store, base.base_id)
         t0 = time.perf_counter()
-        if args.limit < 0:
-            raise CNSError(f"--limit {args.limit} must be >= 0 (0: every finished entry)")
         names = sorted(lib.entries())[:args.limit] if args.limit else None
         entries, x, cond, coords = library_arrays(base, lib, names)
         if len(entries) < 2:

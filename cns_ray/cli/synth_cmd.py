@@ -89,6 +89,6 @@ def cmd_synthesize(args) -> int:
     else:
         print(f"tenant {args.tenant}: synthesized {args.concept} -> version {version} ({stats['seconds']:.2f} s + commit "
               f"{stats['commit_seconds']:.2f} s, "
-              f"{args.refine_steps} refine steps, source {args.source}, landing {args.landing}, {stats['entries']} entries; models loaded in "
-              f"{loaded:.1f} s)")
+              f"{args.refine_steps} refine steps, source {args.source}, landing {args.landing}, {stats['entries']} entries; "
+              f"models loaded in {loaded:.1f} s)")
     return 0

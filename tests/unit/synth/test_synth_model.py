@@ -201,3 +201,17 @@ def test_files_round_trip_and_refusals(tmp_path):
     (folder / "synth.safetensors").write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match="not a readable synthesizer"):
         Synthesizer.load(folder)
+
+
+def test_the_cli_and_the_http_route_offer_the_library_s_sources():
+    """The CLI's choices and the ingress's list are written out (neither imports cns_ray.synth at start-up): they
+    must stay the library's."""
+    from cns_ray.cli import build_parser
+    from cns_ray.serve.learn_route import SOURCES as HTTP_SOURCES
+    from cns_ray.synth.library import SOURCES
+
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    cli = next(a for a in sub.choices["synthesize"]._actions if a.dest == "source")
+    assert tuple(cli.choices) == HTTP_SOURCES == SOURCES and cli.default == SOURCES[0]
